@@ -1,0 +1,188 @@
+// The typed contract for hosts and VMs. Every boundary (CLI, IPC, WebSocket, agent RPC, files on disk)
+// validates against these schemas; the TypeScript types are inferred from them so the two cannot drift.
+import { z } from 'zod';
+
+export const HostNameSchema = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]{0,31}$/, 'host names are 1-32 characters: lower-case letters, digits and "-"');
+export const VmNameSchema = z
+  .string()
+  .regex(
+    /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/,
+    'VM names are 1-63 characters: letters, digits, ".", "_" and "-", starting with a letter or digit',
+  );
+export const MacSchema = z
+  .string()
+  .regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, 'a MAC address looks like 52:54:00:12:34:56');
+
+export const AccelSchema = z.enum(['kvm', 'tcg', 'hvf', 'whpx']);
+export type Accel = z.infer<typeof AccelSchema>;
+
+export const VmStateSchema = z.enum([
+  'stopped', // no QEMU process
+  'starting',
+  'running',
+  'paused',
+  'stopping',
+  'migrating', // source side of a move in progress
+  'incoming', // destination skeleton waiting for a migration
+  'crashed', // QEMU died without being asked to
+]);
+export type VmState = z.infer<typeof VmStateSchema>;
+
+export const DiskFormatSchema = z.enum(['qcow2', 'raw']);
+
+export const DiskSchema = z.object({
+  /** Stable id used by commands (`--disk-path disk0=…`) and as the QEMU node/device name. */
+  id: z.string().regex(/^disk[0-9]+$/),
+  path: z.string().min(1),
+  format: DiskFormatSchema,
+  sizeBytes: z.number().int().nonnegative(),
+  /** Ferry created the image (so `vm delete` removes it); false for an existing image used in place. */
+  owned: z.boolean(),
+});
+export type Disk = z.infer<typeof DiskSchema>;
+
+export const NicSchema = z.object({
+  id: z.string().regex(/^net[0-9]+$/),
+  mac: MacSchema,
+  model: z.literal('virtio-net-pci'),
+});
+export type Nic = z.infer<typeof NicSchema>;
+
+export const LabGuestSchema = z.object({
+  workingSetMiB: z.number().int().min(1).max(65536),
+  /** 0 = as fast as the vCPU can. */
+  dirtyRateMiBs: z.number().int().min(0).max(1_000_000),
+});
+export type LabGuest = z.infer<typeof LabGuestSchema>;
+
+/** The file `vm.json` on the VM's host. `machineType` is the VM's configuration version (as in Hyper-V). */
+export const VmConfigSchema = z.object({
+  formatVersion: z.literal(1),
+  name: VmNameSchema,
+  uuid: z.uuid(),
+  memoryMiB: z.number().int().min(16).max(4 * 1024 * 1024),
+  cpus: z.number().int().min(1).max(256),
+  machineType: z.string().min(1),
+  cpuModel: z.string().min(1),
+  disks: z.array(DiskSchema),
+  nics: z.array(NicSchema),
+  labGuest: LabGuestSchema.nullable(),
+  createdAt: z.iso.datetime(),
+});
+export type VmConfig = z.infer<typeof VmConfigSchema>;
+
+export const VmSummarySchema = z.object({
+  name: VmNameSchema,
+  uuid: z.uuid(),
+  host: HostNameSchema,
+  state: VmStateSchema,
+  memoryMiB: z.number().int(),
+  cpus: z.number().int(),
+  machineType: z.string(),
+  pid: z.number().int().nullable(),
+  startedAt: z.iso.datetime().nullable(),
+  /** Why the VM is in this state, when it is not obvious (e.g. how a QEMU died). */
+  reason: z.string().nullable(),
+});
+export type VmSummary = z.infer<typeof VmSummarySchema>;
+
+export const VmInfoSchema = VmSummarySchema.extend({
+  configVersion: z.string(),
+  cpuModel: z.string(),
+  disks: z.array(DiskSchema),
+  nics: z.array(NicSchema),
+  labGuest: LabGuestSchema.nullable(),
+  serialLogPath: z.string(),
+  configPath: z.string(),
+});
+export type VmInfo = z.infer<typeof VmInfoSchema>;
+
+export const PerformanceOptionSchema = z.enum(['tcp', 'compression', 'multichannel', 'rdma']);
+export type PerformanceOption = z.infer<typeof PerformanceOptionSchema>;
+export const ConvergencePolicySchema = z.enum(['abort', 'raise-downtime', 'postcopy', 'throttle']);
+export type ConvergencePolicy = z.infer<typeof ConvergencePolicySchema>;
+
+/** "Hyper-V Settings" of a host. Defaults follow Windows Server 2012 R2 where the seed names one. */
+export const HostSettingsSchema = z.object({
+  liveMigrationEnabled: z.boolean().default(true),
+  maxLiveMigrations: z.number().int().min(1).max(64).default(2),
+  maxStorageMigrations: z.number().int().min(1).max(64).default(2),
+  /** 'any', or a list of CIDR subnets / addresses on which incoming migrations are accepted. */
+  incomingNetworks: z.union([z.literal('any'), z.array(z.string().min(1)).min(1)]).default('any'),
+  performance: PerformanceOptionSchema.default('compression'),
+  channels: z.number().int().min(1).max(64).default(4),
+  /** null = no limit (Ferry still sets QEMU's max-bandwidth explicitly). */
+  bandwidthMiBs: z.number().int().min(1).nullable().default(null),
+  downtimeMs: z.number().int().min(1).max(60_000).default(300),
+  convergence: ConvergencePolicySchema.default('raise-downtime'),
+  /** 'auto' picks KVM when the CPU has real hardware virtualization, else TCG. */
+  accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+  qemuBinary: z.string().min(1).nullable().default(null),
+  storageRoots: z.array(z.string().min(1)).default([]),
+});
+export type HostSettings = z.infer<typeof HostSettingsSchema>;
+
+export const HostKindSchema = z.enum(['local', 'lab']);
+
+/** One entry of the inventory: where a host lives and how to reach it. */
+export const HostRecordSchema = z.object({
+  name: HostNameSchema,
+  kind: HostKindSchema,
+  stateDir: z.string().min(1),
+  /** Address that this host's incoming migrations (and NBD exports) listen on. */
+  migrationAddress: z.string().min(1),
+  /** First of the ports reserved for this host (migration, NBD): portBase .. portBase+99. */
+  portBase: z.number().int().min(1024).max(65000),
+  /** Folder where new VMs' disks go; for lab hosts one folder shared by the lab. */
+  vmDir: z.string().min(1),
+});
+export type HostRecord = z.infer<typeof HostRecordSchema>;
+
+export const HostFactsSchema = z.object({
+  name: HostNameSchema,
+  qemuBinary: z.string(),
+  qemuVersion: z.string(),
+  accel: AccelSchema,
+  /** Real hardware virtualization (vmx/svm, hvf, whpx) usable by QEMU. */
+  hardwareVirtualization: z.boolean(),
+  accelNote: z.string(),
+  cpuVendor: z.string(),
+  cpuModel: z.string(),
+  cpuCount: z.number().int(),
+  memTotalMiB: z.number().int(),
+  memFreeMiB: z.number().int(),
+  diskFreeBytes: z.number(),
+  machineTypes: z.array(z.string()),
+  defaultMachineType: z.string(),
+  cpuModels: z.array(z.string()),
+  migrationCapabilities: z.array(z.string()),
+  multifdCompression: z.array(z.string()),
+  rdma: z.boolean(),
+});
+export type HostFacts = z.infer<typeof HostFactsSchema>;
+
+export const HostSummarySchema = HostRecordSchema.extend({
+  vmCount: z.number().int(),
+  runningCount: z.number().int(),
+});
+export type HostSummary = z.infer<typeof HostSummarySchema>;
+
+export const DiskRequestSchema = z.union([
+  z.object({ kind: z.literal('new'), sizeGiB: z.number().positive().max(65536) }),
+  z.object({ kind: z.literal('image'), path: z.string().min(1) }),
+]);
+export type DiskRequest = z.infer<typeof DiskRequestSchema>;
+
+export const CreateVmRequestSchema = z.object({
+  name: VmNameSchema,
+  host: HostNameSchema,
+  memoryMiB: z.number().int().min(16).default(512),
+  cpus: z.number().int().min(1).max(256).default(1),
+  machineType: z.string().min(1).optional(),
+  disks: z.array(DiskRequestSchema).default([]),
+  nics: z.number().int().min(0).max(8).default(1),
+  labGuest: LabGuestSchema.nullable().default(null),
+});
+export type CreateVmRequest = z.infer<typeof CreateVmRequestSchema>;

@@ -1,0 +1,239 @@
+// `ferry`: the command line. It never prompts; `--json` writes JSON only on stdout (messages go to
+// stderr). Every argument is validated before anything changes.
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { FerryError, isFerryError, type DiskRequest, type VmSummary } from '../api/index.js';
+import { Inventory } from '../host/inventory.js';
+
+/** Exit codes: 0 done, 1 failed while doing it, 2 refused (bad input or a check said no). */
+const REFUSALS = new Set([
+  'bad-input', 'unknown-host', 'unknown-vm', 'duplicate-vm', 'duplicate-host', 'insufficient-memory',
+  'insufficient-disk', 'missing-image', 'qemu-missing', 'lab-already-up', 'lab-not-up', 'vm-running',
+  'vm-not-running',
+]);
+
+function int(min: number, max = Number.MAX_SAFE_INTEGER) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
+      throw new InvalidArgumentError(`expected a whole number from ${min} to ${max}, got "${value}"`);
+    }
+    return n;
+  };
+}
+
+function positive(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a positive number, got "${value}"`);
+  return n;
+}
+
+export interface Io {
+  out: (s: string) => void;
+  err: (s: string) => void;
+}
+
+const stdio: Io = {
+  out: (s) => process.stdout.write(s),
+  err: (s) => process.stderr.write(s),
+};
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+function vmRows(vms: VmSummary[]): string {
+  return table([
+    ['NAME', 'HOST', 'STATE', 'MEMORY', 'CPUS', 'MACHINE', 'NOTE'],
+    ...vms.map((v) => [v.name, v.host, v.state, `${v.memoryMiB} MiB`, String(v.cpus), v.machineType, v.reason ?? '']),
+  ]);
+}
+
+export function buildProgram(io: Io, inv: Inventory): Command {
+  const json = (v: unknown): void => io.out(JSON.stringify(v, null, 2) + '\n');
+  const say = (s: string): void => io.err(s + '\n');
+
+  const program = new Command('ferry')
+    .description('Ferry: move running QEMU virtual machines between hosts')
+    .exitOverride()
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .showHelpAfterError('(run with --help for usage)');
+
+  // ---- lab ----
+  const lab = program.command('lab').description('a local lab of several hosts on this machine');
+  lab
+    .command('up')
+    .description('create lab hosts lab1..labN on loopback, sharing one storage folder')
+    .addOption(new Option('--hosts <n>', 'number of lab hosts').argParser(int(1, 16)).default(2))
+    .action(async (o: { hosts: number }) => {
+      const hosts = await inv.labUp(o.hosts);
+      say(`lab up: ${hosts.map((h) => h.name).join(', ')} (shared storage: ${hosts[0]!.vmDir})`);
+    });
+  lab
+    .command('down')
+    .description('turn off every VM on the lab hosts and remove the lab')
+    .action(async () => {
+      const r = await inv.labDown();
+      say(`lab down: removed ${r.hosts.join(', ')}; turned off ${r.stoppedVms.length} VM(s)`);
+    });
+
+  // ---- host ----
+  const host = program.command('host').description('hosts and their facts');
+  host
+    .command('list')
+    .option('--json', 'JSON on stdout')
+    .action(async (o: { json?: boolean }) => {
+      const hosts = await inv.hostSummaries();
+      if (o.json) return json(hosts);
+      if (hosts.length === 0) return say('no hosts yet (try: ferry lab up)');
+      io.out(table([
+        ['NAME', 'KIND', 'VMS', 'RUNNING', 'MIGRATION ADDRESS', 'STATE DIR'],
+        ...hosts.map((h) => [h.name, h.kind, String(h.vmCount), String(h.runningCount), h.migrationAddress, h.stateDir]),
+      ]));
+    });
+  host
+    .command('info <host>')
+    .option('--json', 'JSON on stdout')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const h = await inv.host(name);
+      const facts = await h.facts();
+      const settings = await h.settings();
+      if (o.json) return json({ ...h.record, facts, settings });
+      io.out(table([
+        ['Host', h.name],
+        ['QEMU', `${facts.qemuVersion} (${facts.qemuBinary})`],
+        ['Accelerator', `${facts.accel} — ${facts.accelNote}`],
+        ['CPU', `${facts.cpuVendor}, ${facts.cpuModel} ×${facts.cpuCount}`],
+        ['Memory', `${facts.memFreeMiB} MiB free of ${facts.memTotalMiB} MiB`],
+        ['Disk free', `${(facts.diskFreeBytes / 1024 ** 3).toFixed(1)} GiB in ${h.record.vmDir}`],
+        ['Machine types', `default ${facts.defaultMachineType}; ${facts.machineTypes.length} supported`],
+        ['Migration', facts.migrationCapabilities.join(', ')],
+        ['Multifd compression', facts.multifdCompression.join(', ')],
+        ['RDMA', facts.rdma ? 'yes' : 'no'],
+      ]));
+    });
+
+  // ---- vm ----
+  const vm = program.command('vm').description('virtual machines');
+  vm
+    .command('create <name>')
+    .description('define a VM on a host (its configuration lives on that host)')
+    .requiredOption('--host <host>', 'host to create it on')
+    .addOption(new Option('--memory <MiB>', 'memory in MiB').argParser(int(16)).default(512))
+    .addOption(new Option('--cpus <n>', 'virtual CPUs').argParser(int(1, 256)).default(1))
+    .option('--machine <type>', 'QEMU machine type (default q35, stored as its versioned name)')
+    .addOption(new Option('--disk <GiB>', 'a new empty qcow2 disk of this size').argParser(positive))
+    .option('--disk-image <path>', 'use an existing qcow2/raw image in place')
+    .option('--lab-guest', "boot Ferry's self-checking lab guest")
+    .addOption(new Option('--working-set <MiB>', 'lab guest working set').argParser(int(1, 65536)))
+    .addOption(new Option('--dirty-rate <MiB/s>', 'lab guest dirty rate, 0 = as fast as it can').argParser(int(0)))
+    .option('--json', 'JSON on stdout')
+    .action(async (name: string, o: {
+      host: string; memory: number; cpus: number; machine?: string; disk?: number; diskImage?: string;
+      labGuest?: boolean; workingSet?: number; dirtyRate?: number; json?: boolean;
+    }) => {
+      if (!o.labGuest && (o.workingSet !== undefined || o.dirtyRate !== undefined)) {
+        throw new FerryError('bad-input', '--working-set and --dirty-rate apply to --lab-guest only');
+      }
+      const disks: DiskRequest[] = [];
+      if (o.disk !== undefined) disks.push({ kind: 'new', sizeGiB: o.disk });
+      if (o.diskImage !== undefined) disks.push({ kind: 'image', path: o.diskImage });
+      const info = await inv.createVm({
+        name,
+        host: o.host,
+        memoryMiB: o.memory,
+        cpus: o.cpus,
+        machineType: o.machine,
+        disks,
+        labGuest: o.labGuest ? { workingSetMiB: o.workingSet ?? 64, dirtyRateMiBs: o.dirtyRate ?? 50 } : null,
+      });
+      if (o.json) return json(info);
+      say(`created ${info.name} on ${info.host} (${info.memoryMiB} MiB, ${info.cpus} vCPU, ${info.machineType})`);
+    });
+
+  const lifecycle = (cmd: string, what: string, run: (name: string) => Promise<VmSummary>): void => {
+    vm.command(`${cmd} <name>`)
+      .description(what)
+      .option('--json', 'JSON on stdout')
+      .action(async (name: string, o: { json?: boolean }) => {
+        const s = await run(name);
+        if (o.json) return json(s);
+        say(`${s.name} on ${s.host}: ${s.state}`);
+      });
+  };
+  lifecycle('start', 'start a VM', async (n) => (await inv.locate(n)).startVm(n));
+  lifecycle('pause', 'pause a running VM', async (n) => (await inv.locate(n)).pauseVm(n));
+  lifecycle('resume', 'resume a paused VM', async (n) => (await inv.locate(n)).resumeVm(n));
+  vm.command('stop <name>')
+    .description('shut down (ACPI power button, then turn off after the timeout)')
+    .option('--force', 'turn off at once (the lab guest ignores ACPI)')
+    .addOption(new Option('--timeout <s>', 'seconds to wait for a graceful shut-down').argParser(int(0, 3600)).default(30))
+    .option('--json', 'JSON on stdout')
+    .action(async (name: string, o: { force?: boolean; timeout: number; json?: boolean }) => {
+      const s = await (await inv.locate(name)).stopVm(name, { force: !!o.force, timeoutMs: o.timeout * 1000 });
+      if (o.json) return json(s);
+      say(`${s.name} on ${s.host}: ${s.state}`);
+    });
+  vm.command('delete <name>')
+    .description('delete a stopped VM and the disks Ferry created for it')
+    .action(async (name: string) => {
+      await inv.deleteVm(name);
+      say(`deleted ${name}`);
+    });
+  vm.command('info <name>')
+    .option('--json', 'JSON on stdout')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const info = await (await inv.locate(name)).vmInfo(name);
+      if (o.json) return json(info);
+      io.out(table([
+        ['Name', info.name],
+        ['Host', info.host],
+        ['State', info.state + (info.reason ? ` (${info.reason})` : '')],
+        ['Memory', `${info.memoryMiB} MiB`],
+        ['vCPUs', String(info.cpus)],
+        ['Configuration version', info.configVersion],
+        ['CPU model', info.cpuModel],
+        ...info.disks.map((d) => [d.id, `${d.path} (${d.format}, ${(d.sizeBytes / 1024 ** 3).toFixed(2)} GiB)`]),
+        ...info.nics.map((n) => [n.id, n.mac]),
+        ['Lab guest', info.labGuest ? `working set ${info.labGuest.workingSetMiB} MiB, ${info.labGuest.dirtyRateMiBs} MiB/s` : 'no'],
+        ['Serial log', info.serialLogPath],
+        ['Configuration', info.configPath],
+      ]));
+    });
+  vm.command('list')
+    .option('--json', 'JSON on stdout')
+    .action(async (o: { json?: boolean }) => {
+      const vms = await inv.listVms();
+      if (o.json) return json(vms);
+      if (vms.length === 0) return say('no VMs');
+      io.out(vmRows(vms));
+    });
+  vm.command('serial <name>')
+    .description("print the VM's serial console log")
+    .action(async (name: string) => {
+      io.out((await (await inv.locate(name)).readSerial(name, 0)).text);
+    });
+
+  return program;
+}
+
+/** Runs the CLI and returns the exit code (never calls process.exit, so tests can call it in-process). */
+export async function main(argv: string[], io: Io = stdio, inv: Inventory = new Inventory()): Promise<number> {
+  const program = buildProgram(io, inv);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version exit 0; usage errors were already printed by commander.
+      return err.exitCode === 0 ? 0 : 2;
+    }
+    if (isFerryError(err)) {
+      io.err(`ferry: ${err.message}\n`);
+      if (err.hint) io.err(`  ${err.hint}\n`);
+      return REFUSALS.has(err.code) ? 2 : 1;
+    }
+    io.err(`ferry: unexpected error: ${(err as Error).stack ?? String(err)}\n`);
+    return 1;
+  }
+}

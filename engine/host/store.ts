@@ -1,0 +1,126 @@
+// Files that several Ferry processes (CLI calls, web mode, desktop app) share: written atomically
+// (temp file + fsync + rename) and changed under inter-process locks, so no reader sees half a file.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import lockfile from 'proper-lockfile';
+import type { z } from 'zod';
+import { FerryError } from '../api/index.js';
+
+/** FERRY_HOME, or the OS's per-user application-data folder. */
+export function ferryHome(): string {
+  const env = process.env.FERRY_HOME;
+  if (env) return path.resolve(env);
+  switch (process.platform) {
+    case 'darwin':
+      return path.join(os.homedir(), 'Library', 'Application Support', 'Ferry');
+    case 'win32':
+      return path.join(process.env.APPDATA ?? path.join(os.homedir(), 'AppData', 'Roaming'), 'Ferry');
+    default:
+      return path.join(process.env.XDG_DATA_HOME ?? path.join(os.homedir(), '.local', 'share'), 'ferry');
+  }
+}
+
+/**
+ * A short folder for unix sockets of one state directory. Socket paths are limited to 108 bytes, and
+ * FERRY_HOME can be long, so sockets live under the temp folder keyed by a hash of the state dir.
+ */
+export function socketDir(stateDir: string): string {
+  const hash = crypto.createHash('sha256').update(path.resolve(stateDir)).digest('hex').slice(0, 10);
+  const uid = typeof process.getuid === 'function' ? process.getuid() : 0;
+  return path.join(os.tmpdir(), `ferry-${uid}`, hash);
+}
+
+export async function ensureDir(dir: string, mode = 0o755): Promise<void> {
+  await fs.promises.mkdir(dir, { recursive: true, mode });
+}
+
+export async function writeJsonAtomic(file: string, data: unknown): Promise<void> {
+  await ensureDir(path.dirname(file));
+  const tmp = `${file}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`;
+  const fh = await fs.promises.open(tmp, 'w', 0o644);
+  try {
+    await fh.writeFile(JSON.stringify(data, null, 2) + '\n');
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.promises.rename(tmp, file);
+}
+
+/** Reads and validates a JSON file; null when it does not exist. A corrupt file is an error, never ignored. */
+export async function readJson<S extends z.ZodType>(file: string, schema: S): Promise<z.infer<S> | null> {
+  let text: string;
+  try {
+    text = await fs.promises.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new FerryError('state-corrupt', `${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    throw new FerryError('state-corrupt', `${file} does not match its schema: ${parsed.error.message}`);
+  }
+  return parsed.data;
+}
+
+/**
+ * Runs fn while holding an inter-process lock named by `lockPath` (a directory lock, so it works on
+ * network file systems too). A holder that died leaves a stale lock that is taken over after 10 s.
+ */
+export async function withLock<T>(lockPath: string, fn: () => Promise<T>): Promise<T> {
+  await ensureDir(path.dirname(lockPath));
+  let release: () => Promise<void>;
+  try {
+    release = await lockfile.lock(lockPath, {
+      realpath: false,
+      stale: 10_000,
+      update: 2_000,
+      retries: { retries: 200, factor: 1.2, minTimeout: 10, maxTimeout: 250 },
+    });
+  } catch (err) {
+    throw new FerryError('locked', `could not lock ${lockPath}: ${(err as Error).message}`);
+  }
+  try {
+    return await fn();
+  } finally {
+    await release().catch(() => undefined);
+  }
+}
+
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await fs.promises.access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+let root: string | null = null;
+/** The folder Ferry is installed in (holds package.json and assets/), from source or from dist/. */
+export function packageRoot(): string {
+  if (root) return root;
+  let dir = path.dirname(new URL(import.meta.url).pathname);
+  for (;;) {
+    if (fs.existsSync(path.join(dir, 'package.json')) && fs.existsSync(path.join(dir, 'assets'))) {
+      root = dir;
+      return dir;
+    }
+    const up = path.dirname(dir);
+    if (up === dir) throw new FerryError('internal', 'cannot find Ferry\'s install folder (package.json + assets/)');
+    dir = up;
+  }
+}
+
+/** Ferry's own read-only lab guest image: every host has it, like firmware. */
+export function labGuestImage(): string {
+  return path.join(packageRoot(), 'assets', 'lab-guest', 'ferry-lab-guest.bin');
+}
