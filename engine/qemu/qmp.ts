@@ -223,7 +223,7 @@ export class QmpClient {
     this.closeReason =
       reason instanceof FerryError
         ? reason
-        : new FerryError('qmp-disconnected', `QMP connection to ${this.path} failed: ${reason.message}`);
+        : new FerryError('qmp-disconnected', `QMP connection to ${this.path} was lost (${reason.message})`);
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
       p.reject(
