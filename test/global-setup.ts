@@ -5,7 +5,10 @@ import os from 'node:os';
 import path from 'node:path';
 
 // tmpfs where there is one: disk flushes there never stall a guest (../shared/notes/qemu-7.2-facts.md).
-export const TEST_ROOT = path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), `ferry-tests-${process.pid}`);
+export const TEST_ROOT = path.join(
+  fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(),
+  `ferry-tests-${process.pid}`,
+);
 
 function leftovers(root: string): { pid: number; cmd: string }[] {
   const found: { pid: number; cmd: string }[] = [];
@@ -20,7 +23,11 @@ function leftovers(root: string): { pid: number; cmd: string }[] {
   return found;
 }
 
-export default function setup({ provide }: { provide: (key: 'testRoot', value: string) => void }): () => void {
+export default function setup({
+  provide,
+}: {
+  provide: (key: 'testRoot', value: string) => void;
+}): () => void {
   fs.mkdirSync(TEST_ROOT, { recursive: true });
   provide('testRoot', TEST_ROOT);
   return () => {
@@ -38,7 +45,9 @@ export default function setup({ provide }: { provide: (key: 'testRoot', value: s
       /* best effort */
     }
     if (left.length > 0) {
-      throw new Error(`QEMU processes were left running after the tests:\n${left.map((p) => `${p.pid}: ${p.cmd}`).join('\n')}`);
+      throw new Error(
+        `QEMU processes were left running after the tests:\n${left.map((p) => `${p.pid}: ${p.cmd}`).join('\n')}`,
+      );
     }
   };
 }

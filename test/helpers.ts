@@ -66,7 +66,12 @@ export async function guestReport(inv: Inventory, vm: string): Promise<LabGuestR
 }
 
 /** Waits until the lab guest has completed at least `passes` passes; returns its report. */
-export function waitForPasses(inv: Inventory, vm: string, passes: number, timeoutMs = 90_000): Promise<LabGuestReport> {
+export function waitForPasses(
+  inv: Inventory,
+  vm: string,
+  passes: number,
+  timeoutMs = 90_000,
+): Promise<LabGuestReport> {
   return waitFor(
     `${vm} to reach pass ${passes}`,
     async () => {

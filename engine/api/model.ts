@@ -62,7 +62,11 @@ export const VmConfigSchema = z.object({
   formatVersion: z.literal(1),
   name: VmNameSchema,
   uuid: z.uuid(),
-  memoryMiB: z.number().int().min(16).max(4 * 1024 * 1024),
+  memoryMiB: z
+    .number()
+    .int()
+    .min(16)
+    .max(4 * 1024 * 1024),
   cpus: z.number().int().min(1).max(256),
   machineType: z.string().min(1),
   cpuModel: z.string().min(1),

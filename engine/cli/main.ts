@@ -6,8 +6,18 @@ import { Inventory } from '../host/inventory.js';
 
 /** Exit codes: 0 done, 1 failed while doing it, 2 refused (bad input or a check said no). */
 const REFUSALS = new Set([
-  'bad-input', 'unknown-host', 'unknown-vm', 'duplicate-vm', 'duplicate-host', 'insufficient-memory',
-  'insufficient-disk', 'missing-image', 'qemu-missing', 'lab-already-up', 'lab-not-up', 'vm-running',
+  'bad-input',
+  'unknown-host',
+  'unknown-vm',
+  'duplicate-vm',
+  'duplicate-host',
+  'insufficient-memory',
+  'insufficient-disk',
+  'missing-image',
+  'qemu-missing',
+  'lab-already-up',
+  'lab-not-up',
+  'vm-running',
   'vm-not-running',
 ]);
 
@@ -23,7 +33,8 @@ function int(min: number, max = Number.MAX_SAFE_INTEGER) {
 
 function positive(value: string): number {
   const n = Number(value);
-  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected a positive number, got "${value}"`);
+  if (!Number.isFinite(n) || n <= 0)
+    throw new InvalidArgumentError(`expected a positive number, got "${value}"`);
   return n;
 }
 
@@ -39,13 +50,30 @@ const stdio: Io = {
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n') + '\n';
+  return (
+    rows
+      .map((r) =>
+        r
+          .map((c, i) => c.padEnd(widths[i]!))
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
 }
 
 function vmRows(vms: VmSummary[]): string {
   return table([
     ['NAME', 'HOST', 'STATE', 'MEMORY', 'CPUS', 'MACHINE', 'NOTE'],
-    ...vms.map((v) => [v.name, v.host, v.state, `${v.memoryMiB} MiB`, String(v.cpus), v.machineType, v.reason ?? '']),
+    ...vms.map((v) => [
+      v.name,
+      v.host,
+      v.state,
+      `${v.memoryMiB} MiB`,
+      String(v.cpus),
+      v.machineType,
+      v.reason ?? '',
+    ]),
   ]);
 }
 
@@ -86,10 +114,19 @@ export function buildProgram(io: Io, inv: Inventory): Command {
       const hosts = await inv.hostSummaries();
       if (o.json) return json(hosts);
       if (hosts.length === 0) return say('no hosts yet (try: ferry lab up)');
-      io.out(table([
-        ['NAME', 'KIND', 'VMS', 'RUNNING', 'MIGRATION ADDRESS', 'STATE DIR'],
-        ...hosts.map((h) => [h.name, h.kind, String(h.vmCount), String(h.runningCount), h.migrationAddress, h.stateDir]),
-      ]));
+      io.out(
+        table([
+          ['NAME', 'KIND', 'VMS', 'RUNNING', 'MIGRATION ADDRESS', 'STATE DIR'],
+          ...hosts.map((h) => [
+            h.name,
+            h.kind,
+            String(h.vmCount),
+            String(h.runningCount),
+            h.migrationAddress,
+            h.stateDir,
+          ]),
+        ]),
+      );
     });
   host
     .command('info <host>')
@@ -99,24 +136,25 @@ export function buildProgram(io: Io, inv: Inventory): Command {
       const facts = await h.facts();
       const settings = await h.settings();
       if (o.json) return json({ ...h.record, facts, settings });
-      io.out(table([
-        ['Host', h.name],
-        ['QEMU', `${facts.qemuVersion} (${facts.qemuBinary})`],
-        ['Accelerator', `${facts.accel} — ${facts.accelNote}`],
-        ['CPU', `${facts.cpuVendor}, ${facts.cpuModel} ×${facts.cpuCount}`],
-        ['Memory', `${facts.memFreeMiB} MiB free of ${facts.memTotalMiB} MiB`],
-        ['Disk free', `${(facts.diskFreeBytes / 1024 ** 3).toFixed(1)} GiB in ${h.record.vmDir}`],
-        ['Machine types', `default ${facts.defaultMachineType}; ${facts.machineTypes.length} supported`],
-        ['Migration', facts.migrationCapabilities.join(', ')],
-        ['Multifd compression', facts.multifdCompression.join(', ')],
-        ['RDMA', facts.rdma ? 'yes' : 'no'],
-      ]));
+      io.out(
+        table([
+          ['Host', h.name],
+          ['QEMU', `${facts.qemuVersion} (${facts.qemuBinary})`],
+          ['Accelerator', `${facts.accel} — ${facts.accelNote}`],
+          ['CPU', `${facts.cpuVendor}, ${facts.cpuModel} ×${facts.cpuCount}`],
+          ['Memory', `${facts.memFreeMiB} MiB free of ${facts.memTotalMiB} MiB`],
+          ['Disk free', `${(facts.diskFreeBytes / 1024 ** 3).toFixed(1)} GiB in ${h.record.vmDir}`],
+          ['Machine types', `default ${facts.defaultMachineType}; ${facts.machineTypes.length} supported`],
+          ['Migration', facts.migrationCapabilities.join(', ')],
+          ['Multifd compression', facts.multifdCompression.join(', ')],
+          ['RDMA', facts.rdma ? 'yes' : 'no'],
+        ]),
+      );
     });
 
   // ---- vm ----
   const vm = program.command('vm').description('virtual machines');
-  vm
-    .command('create <name>')
+  vm.command('create <name>')
     .description('define a VM on a host (its configuration lives on that host)')
     .requiredOption('--host <host>', 'host to create it on')
     .addOption(new Option('--memory <MiB>', 'memory in MiB').argParser(int(16)).default(512))
@@ -126,30 +164,49 @@ export function buildProgram(io: Io, inv: Inventory): Command {
     .option('--disk-image <path>', 'use an existing qcow2/raw image in place')
     .option('--lab-guest', "boot Ferry's self-checking lab guest")
     .addOption(new Option('--working-set <MiB>', 'lab guest working set').argParser(int(1, 65536)))
-    .addOption(new Option('--dirty-rate <MiB/s>', 'lab guest dirty rate, 0 = as fast as it can').argParser(int(0)))
+    .addOption(
+      new Option('--dirty-rate <MiB/s>', 'lab guest dirty rate, 0 = as fast as it can').argParser(int(0)),
+    )
     .option('--json', 'JSON on stdout')
-    .action(async (name: string, o: {
-      host: string; memory: number; cpus: number; machine?: string; disk?: number; diskImage?: string;
-      labGuest?: boolean; workingSet?: number; dirtyRate?: number; json?: boolean;
-    }) => {
-      if (!o.labGuest && (o.workingSet !== undefined || o.dirtyRate !== undefined)) {
-        throw new FerryError('bad-input', '--working-set and --dirty-rate apply to --lab-guest only');
-      }
-      const disks: DiskRequest[] = [];
-      if (o.disk !== undefined) disks.push({ kind: 'new', sizeGiB: o.disk });
-      if (o.diskImage !== undefined) disks.push({ kind: 'image', path: o.diskImage });
-      const info = await inv.createVm({
-        name,
-        host: o.host,
-        memoryMiB: o.memory,
-        cpus: o.cpus,
-        machineType: o.machine,
-        disks,
-        labGuest: o.labGuest ? { workingSetMiB: o.workingSet ?? 64, dirtyRateMiBs: o.dirtyRate ?? 50 } : null,
-      });
-      if (o.json) return json(info);
-      say(`created ${info.name} on ${info.host} (${info.memoryMiB} MiB, ${info.cpus} vCPU, ${info.machineType})`);
-    });
+    .action(
+      async (
+        name: string,
+        o: {
+          host: string;
+          memory: number;
+          cpus: number;
+          machine?: string;
+          disk?: number;
+          diskImage?: string;
+          labGuest?: boolean;
+          workingSet?: number;
+          dirtyRate?: number;
+          json?: boolean;
+        },
+      ) => {
+        if (!o.labGuest && (o.workingSet !== undefined || o.dirtyRate !== undefined)) {
+          throw new FerryError('bad-input', '--working-set and --dirty-rate apply to --lab-guest only');
+        }
+        const disks: DiskRequest[] = [];
+        if (o.disk !== undefined) disks.push({ kind: 'new', sizeGiB: o.disk });
+        if (o.diskImage !== undefined) disks.push({ kind: 'image', path: o.diskImage });
+        const info = await inv.createVm({
+          name,
+          host: o.host,
+          memoryMiB: o.memory,
+          cpus: o.cpus,
+          machineType: o.machine,
+          disks,
+          labGuest: o.labGuest
+            ? { workingSetMiB: o.workingSet ?? 64, dirtyRateMiBs: o.dirtyRate ?? 50 }
+            : null,
+        });
+        if (o.json) return json(info);
+        say(
+          `created ${info.name} on ${info.host} (${info.memoryMiB} MiB, ${info.cpus} vCPU, ${info.machineType})`,
+        );
+      },
+    );
 
   const lifecycle = (cmd: string, what: string, run: (name: string) => Promise<VmSummary>): void => {
     vm.command(`${cmd} <name>`)
@@ -167,10 +224,16 @@ export function buildProgram(io: Io, inv: Inventory): Command {
   vm.command('stop <name>')
     .description('shut down (ACPI power button, then turn off after the timeout)')
     .option('--force', 'turn off at once (the lab guest ignores ACPI)')
-    .addOption(new Option('--timeout <s>', 'seconds to wait for a graceful shut-down').argParser(int(0, 3600)).default(30))
+    .addOption(
+      new Option('--timeout <s>', 'seconds to wait for a graceful shut-down')
+        .argParser(int(0, 3600))
+        .default(30),
+    )
     .option('--json', 'JSON on stdout')
     .action(async (name: string, o: { force?: boolean; timeout: number; json?: boolean }) => {
-      const s = await (await inv.locate(name)).stopVm(name, { force: !!o.force, timeoutMs: o.timeout * 1000 });
+      const s = await (
+        await inv.locate(name)
+      ).stopVm(name, { force: !!o.force, timeoutMs: o.timeout * 1000 });
       if (o.json) return json(s);
       say(`${s.name} on ${s.host}: ${s.state}`);
     });
@@ -185,20 +248,30 @@ export function buildProgram(io: Io, inv: Inventory): Command {
     .action(async (name: string, o: { json?: boolean }) => {
       const info = await (await inv.locate(name)).vmInfo(name);
       if (o.json) return json(info);
-      io.out(table([
-        ['Name', info.name],
-        ['Host', info.host],
-        ['State', info.state + (info.reason ? ` (${info.reason})` : '')],
-        ['Memory', `${info.memoryMiB} MiB`],
-        ['vCPUs', String(info.cpus)],
-        ['Configuration version', info.configVersion],
-        ['CPU model', info.cpuModel],
-        ...info.disks.map((d) => [d.id, `${d.path} (${d.format}, ${(d.sizeBytes / 1024 ** 3).toFixed(2)} GiB)`]),
-        ...info.nics.map((n) => [n.id, n.mac]),
-        ['Lab guest', info.labGuest ? `working set ${info.labGuest.workingSetMiB} MiB, ${info.labGuest.dirtyRateMiBs} MiB/s` : 'no'],
-        ['Serial log', info.serialLogPath],
-        ['Configuration', info.configPath],
-      ]));
+      io.out(
+        table([
+          ['Name', info.name],
+          ['Host', info.host],
+          ['State', info.state + (info.reason ? ` (${info.reason})` : '')],
+          ['Memory', `${info.memoryMiB} MiB`],
+          ['vCPUs', String(info.cpus)],
+          ['Configuration version', info.configVersion],
+          ['CPU model', info.cpuModel],
+          ...info.disks.map((d) => [
+            d.id,
+            `${d.path} (${d.format}, ${(d.sizeBytes / 1024 ** 3).toFixed(2)} GiB)`,
+          ]),
+          ...info.nics.map((n) => [n.id, n.mac]),
+          [
+            'Lab guest',
+            info.labGuest
+              ? `working set ${info.labGuest.workingSetMiB} MiB, ${info.labGuest.dirtyRateMiBs} MiB/s`
+              : 'no',
+          ],
+          ['Serial log', info.serialLogPath],
+          ['Configuration', info.configPath],
+        ]),
+      );
     });
   vm.command('list')
     .option('--json', 'JSON on stdout')
@@ -218,7 +291,11 @@ export function buildProgram(io: Io, inv: Inventory): Command {
 }
 
 /** Runs the CLI and returns the exit code (never calls process.exit, so tests can call it in-process). */
-export async function main(argv: string[], io: Io = stdio, inv: Inventory = new Inventory()): Promise<number> {
+export async function main(
+  argv: string[],
+  io: Io = stdio,
+  inv: Inventory = new Inventory(),
+): Promise<number> {
   const program = buildProgram(io, inv);
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -74,7 +74,11 @@ export class Inventory {
     return Promise.all(
       (await this.hosts()).map(async (h) => {
         const vms = await h.listVms();
-        return { ...h.record, vmCount: vms.length, runningCount: vms.filter((v) => v.state !== 'stopped' && v.state !== 'crashed').length };
+        return {
+          ...h.record,
+          vmCount: vms.length,
+          runningCount: vms.filter((v) => v.state !== 'stopped' && v.state !== 'crashed').length,
+        };
       }),
     );
   }
@@ -97,7 +101,10 @@ export class Inventory {
       const target = await this.host(req.host);
       for (const h of await this.hosts()) {
         if (await h.hasVm(req.name)) {
-          throw new FerryError('duplicate-vm', `a VM named "${req.name}" already exists (on host ${h.name}); VM names are unique across hosts`);
+          throw new FerryError(
+            'duplicate-vm',
+            `a VM named "${req.name}" already exists (on host ${h.name}); VM names are unique across hosts`,
+          );
         }
       }
       return target.defineVm(req);

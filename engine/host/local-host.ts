@@ -21,7 +21,14 @@ import {
 } from '../api/index.js';
 import { qemuArgv, type VmRuntimePaths } from '../qemu/argv.js';
 import { probeQemu, binaryId, QemuCapsSchema, type QemuCaps } from '../qemu/probe.js';
-import { connectWhenReady, isQemuAlive, killQemu, spawnDetached, tailOf, waitForExit } from '../qemu/process.js';
+import {
+  connectWhenReady,
+  isQemuAlive,
+  killQemu,
+  spawnDetached,
+  tailOf,
+  waitForExit,
+} from '../qemu/process.js';
 import { QmpClient } from '../qemu/qmp.js';
 import {
   cpuIdentity,
@@ -200,7 +207,10 @@ export class LocalHost implements HostDriver {
   }
 
   /** The VM's real state: the process table and QEMU's own run state, never only what was last written. */
-  private async observe(vm: VmConfig, rt: Runtime | null): Promise<{ state: VmState; reason: string | null }> {
+  private async observe(
+    vm: VmConfig,
+    rt: Runtime | null,
+  ): Promise<{ state: VmState; reason: string | null }> {
     if (!rt) return { state: 'stopped', reason: null };
     if (rt.crashedAt) return { state: 'crashed', reason: rt.crashReason };
     if (!isQemuAlive(rt.pid, rt.qmpSocket)) {
@@ -211,7 +221,11 @@ export class LocalHost implements HostDriver {
       // Noticed for the first time: record it so the crash is reported until the VM is started again.
       const last = tailOf(this.qemuLog(vm.name), 1);
       const reason = `QEMU (pid ${rt.pid}) exited unexpectedly${last ? `; its log ends: ${last}` : ''}`;
-      await writeJsonAtomic(this.runtimePath(vm.name), { ...rt, crashedAt: new Date().toISOString(), crashReason: reason });
+      await writeJsonAtomic(this.runtimePath(vm.name), {
+        ...rt,
+        crashedAt: new Date().toISOString(),
+        crashReason: reason,
+      });
       return { state: 'crashed', reason };
     }
     if (rt.stopRequested) return { state: 'stopping', reason: null };
@@ -257,7 +271,11 @@ export class LocalHost implements HostDriver {
     const machineType = resolveMachineType(req.machineType, await this.qemuCaps());
     if (req.labGuest) {
       if (!fs.existsSync(labGuestImage())) {
-        throw new FerryError('missing-image', `the lab guest image is missing: ${labGuestImage()}`, 'run: npm run build:guest');
+        throw new FerryError(
+          'missing-image',
+          `the lab guest image is missing: ${labGuestImage()}`,
+          'run: npm run build:guest',
+        );
       }
       // The guest's working set starts at 2 MiB and needs room below the top of RAM.
       if (req.labGuest.workingSetMiB > req.memoryMiB - 4) {
@@ -269,7 +287,9 @@ export class LocalHost implements HostDriver {
     }
     // Check every existing image before creating anything, so a refusal leaves nothing behind.
     const images = await Promise.all(
-      req.disks.map(async (d) => (d.kind === 'image' ? inspectImage(findQemuImg(facts.qemuBinary), d.path) : null)),
+      req.disks.map(async (d) =>
+        d.kind === 'image' ? inspectImage(findQemuImg(facts.qemuBinary), d.path) : null,
+      ),
     );
     const uuid = crypto.randomUUID();
     const diskFolder = path.join(this.record.vmDir, req.name);
@@ -280,12 +300,21 @@ export class LocalHost implements HostDriver {
         const id = `disk${i}`;
         const image = images[i];
         if (image) {
-          disks.push({ id, path: image.path, format: image.format, sizeBytes: image.sizeBytes, owned: false });
+          disks.push({
+            id,
+            path: image.path,
+            format: image.format,
+            sizeBytes: image.sizeBytes,
+            owned: false,
+          });
         } else if (d.kind === 'new') {
           const sizeBytes = Math.round(d.sizeGiB * 1024 ** 3);
           const file = path.join(diskFolder, `${id}.qcow2`);
           if (fs.existsSync(file)) {
-            throw new FerryError('bad-input', `${file} already exists; Ferry will not overwrite a disk image`);
+            throw new FerryError(
+              'bad-input',
+              `${file} already exists; Ferry will not overwrite a disk image`,
+            );
           }
           await ensureDir(diskFolder);
           await execFileAsync(qemuImg, ['create', '-q', '-f', 'qcow2', file, String(sizeBytes)]);
@@ -301,7 +330,11 @@ export class LocalHost implements HostDriver {
         machineType,
         cpuModel: 'qemu64',
         disks,
-        nics: Array.from({ length: req.nics }, (_, i): Nic => ({ id: `net${i}`, mac: macFor(uuid, i), model: 'virtio-net-pci' })),
+        nics: Array.from({ length: req.nics }, (_, i): Nic => ({
+          id: `net${i}`,
+          mac: macFor(uuid, i),
+          model: 'virtio-net-pci',
+        })),
         labGuest: req.labGuest,
         createdAt: new Date().toISOString(),
       };
@@ -319,7 +352,8 @@ export class LocalHost implements HostDriver {
   // ---- lifecycle -------------------------------------------------------------------------------
 
   private async withVmLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
-    if (!(await this.hasVm(name))) throw new FerryError('unknown-vm', `no VM named "${name}" on host ${this.name}`);
+    if (!(await this.hasVm(name)))
+      throw new FerryError('unknown-vm', `no VM named "${name}" on host ${this.name}`);
     return withLock(this.lockPath(name), fn);
   }
 
@@ -347,7 +381,8 @@ export class LocalHost implements HostDriver {
         );
       }
       for (const d of vm.disks) {
-        if (!fs.existsSync(d.path)) throw new FerryError('missing-image', `disk ${d.id} of "${name}" is missing: ${d.path}`);
+        if (!fs.existsSync(d.path))
+          throw new FerryError('missing-image', `disk ${d.id} of "${name}" is missing: ${d.path}`);
       }
       const paths = this.runtimePaths(vm);
       await ensureDir(path.dirname(paths.qmpSocket), 0o700);
@@ -446,7 +481,8 @@ export class LocalHost implements HostDriver {
       }
       // Keep the lock dir alive until release: remove everything else in the VM's folder.
       for (const entry of await fs.promises.readdir(this.vmDir(name))) {
-        if (entry !== 'vm.lock') await fs.promises.rm(path.join(this.vmDir(name), entry), { recursive: true, force: true });
+        if (entry !== 'vm.lock')
+          await fs.promises.rm(path.join(this.vmDir(name), entry), { recursive: true, force: true });
       }
     });
     await fs.promises.rm(this.vmDir(name), { recursive: true, force: true });
@@ -497,7 +533,10 @@ function resolveMachineType(requested: string | undefined, caps: QemuCaps): stri
   const wanted = requested ?? 'q35';
   const concrete = caps.machineAliases[wanted] ?? wanted;
   if (!caps.machineTypes.includes(concrete)) {
-    throw new FerryError('bad-input', `machine type "${wanted}" is not supported by QEMU ${caps.version} on this host`);
+    throw new FerryError(
+      'bad-input',
+      `machine type "${wanted}" is not supported by QEMU ${caps.version} on this host`,
+    );
   }
   return concrete;
 }

@@ -115,7 +115,8 @@ export function packageRoot(): string {
       return dir;
     }
     const up = path.dirname(dir);
-    if (up === dir) throw new FerryError('internal', 'cannot find Ferry\'s install folder (package.json + assets/)');
+    if (up === dir)
+      throw new FerryError('internal', "cannot find Ferry's install folder (package.json + assets/)");
     dir = up;
   }
 }

@@ -26,22 +26,40 @@ export function labGuestAppend(lab: NonNullable<VmConfig['labGuest']>): string {
 
 export function qemuArgv(vm: VmConfig, paths: VmRuntimePaths, opts: ArgvOptions): string[] {
   const a: string[] = [
-    '-name', `guest=${vm.name},debug-threads=on`,
-    '-uuid', vm.uuid,
-    '-machine', `${vm.machineType}`,
-    '-accel', opts.accel === 'tcg' && vm.cpus > 1 ? 'tcg,thread=multi' : opts.accel,
-    '-cpu', vm.cpuModel,
-    '-m', String(vm.memoryMiB),
-    '-smp', String(vm.cpus),
-    '-nodefaults', '-no-user-config', '-display', 'none',
-    '-msg', 'timestamp=on',
-    '-pidfile', paths.pidFile,
-    '-chardev', `socket,id=qmp0,path=${paths.qmpSocket},server=on,wait=off`,
-    '-mon', 'chardev=qmp0,mode=control',
-    '-chardev', `socket,id=qmp1,path=${paths.statusSocket},server=on,wait=off`,
-    '-mon', 'chardev=qmp1,mode=control',
-    '-chardev', `file,id=serial0,path=${paths.serialLog},append=on`,
-    '-serial', 'chardev:serial0',
+    '-name',
+    `guest=${vm.name},debug-threads=on`,
+    '-uuid',
+    vm.uuid,
+    '-machine',
+    `${vm.machineType}`,
+    '-accel',
+    opts.accel === 'tcg' && vm.cpus > 1 ? 'tcg,thread=multi' : opts.accel,
+    '-cpu',
+    vm.cpuModel,
+    '-m',
+    String(vm.memoryMiB),
+    '-smp',
+    String(vm.cpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-msg',
+    'timestamp=on',
+    '-pidfile',
+    paths.pidFile,
+    '-chardev',
+    `socket,id=qmp0,path=${paths.qmpSocket},server=on,wait=off`,
+    '-mon',
+    'chardev=qmp0,mode=control',
+    '-chardev',
+    `socket,id=qmp1,path=${paths.statusSocket},server=on,wait=off`,
+    '-mon',
+    'chardev=qmp1,mode=control',
+    '-chardev',
+    `file,id=serial0,path=${paths.serialLog},append=on`,
+    '-serial',
+    'chardev:serial0',
   ];
   if (vm.labGuest) {
     // The lab guest boots like firmware from Ferry's own read-only image, never from a data disk.
@@ -50,7 +68,13 @@ export function qemuArgv(vm: VmConfig, paths: VmRuntimePaths, opts: ArgvOptions)
   for (const d of vm.disks) {
     a.push(
       '-blockdev',
-      JSON.stringify({ driver: 'file', filename: d.path, 'node-name': `${d.id}-file`, 'auto-read-only': true, discard: 'unmap' }),
+      JSON.stringify({
+        driver: 'file',
+        filename: d.path,
+        'node-name': `${d.id}-file`,
+        'auto-read-only': true,
+        discard: 'unmap',
+      }),
       '-blockdev',
       JSON.stringify({ driver: d.format, file: `${d.id}-file`, 'node-name': d.id }),
       '-device',
@@ -59,7 +83,12 @@ export function qemuArgv(vm: VmConfig, paths: VmRuntimePaths, opts: ArgvOptions)
   }
   for (const n of vm.nics) {
     // No option ROM: it is not needed for the guest and would have to be identical on both hosts.
-    a.push('-netdev', `user,id=${n.id},restrict=on`, '-device', `virtio-net-pci,netdev=${n.id},mac=${n.mac},id=${n.id}-dev,romfile=`);
+    a.push(
+      '-netdev',
+      `user,id=${n.id},restrict=on`,
+      '-device',
+      `virtio-net-pci,netdev=${n.id},mac=${n.mac},id=${n.id}-dev,romfile=`,
+    );
   }
   if (opts.incoming) a.push('-incoming', 'defer');
   if (opts.paused) a.push('-S');

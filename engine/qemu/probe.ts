@@ -53,15 +53,29 @@ export async function probeQemu(binary: string): Promise<QemuCaps> {
   const log = path.join(dir, 'qemu.log');
   const pid = await spawnDetached(
     binary,
-    ['-machine', 'none', '-nodefaults', '-no-user-config', '-display', 'none', '-S',
-      '-chardev', `socket,id=qmp,path=${sock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control'],
+    [
+      '-machine',
+      'none',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-S',
+      '-chardev',
+      `socket,id=qmp,path=${sock},server=on,wait=off`,
+      '-mon',
+      'chardev=qmp,mode=control',
+    ],
     log,
   );
   try {
     const qmp = await connectWhenReady(sock, pid, log);
     try {
-      const version = await qmp.execute<{ qemu: { major: number; minor: number; micro: number } }>('query-version');
-      const machines = await qmp.execute<{ name: string; alias?: string; 'is-default'?: boolean }[]>('query-machines');
+      const version = await qmp.execute<{ qemu: { major: number; minor: number; micro: number } }>(
+        'query-version',
+      );
+      const machines =
+        await qmp.execute<{ name: string; alias?: string; 'is-default'?: boolean }[]>('query-machines');
       const cpus = await qmp.execute<{ name: string }[]>('query-cpu-definitions').catch(() => []);
       const caps = await qmp.execute<{ capability: string }[]>('query-migrate-capabilities');
       const schema = await qmp.execute<SchemaEntry[]>('query-qmp-schema');
@@ -84,7 +98,9 @@ export async function probeQemu(binary: string): Promise<QemuCaps> {
       await qmp.close();
     }
   } catch (err) {
-    throw err instanceof FerryError ? err : new FerryError('qemu-failed', `probing ${binary} failed: ${(err as Error).message}`);
+    throw err instanceof FerryError
+      ? err
+      : new FerryError('qemu-failed', `probing ${binary} failed: ${(err as Error).message}`);
   } finally {
     await killQemu(pid, sock).catch(() => undefined);
     fs.rmSync(dir, { recursive: true, force: true });

@@ -13,7 +13,9 @@ export async function spawnDetached(binary: string, argv: string[], logFile: str
     const child = spawn(binary, argv, { detached: true, stdio: ['ignore', fd, fd] });
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('spawn', () => resolve(child.pid!));
-      child.once('error', (err) => reject(new FerryError('qemu-failed', `cannot start ${binary}: ${err.message}`)));
+      child.once('error', (err) =>
+        reject(new FerryError('qemu-failed', `cannot start ${binary}: ${err.message}`)),
+      );
     });
     child.unref();
     return pid;

@@ -181,7 +181,11 @@ export class QmpClient {
   }
 
   /** Resolves with the next event of that name that matches; rejects on timeout or lost connection. */
-  waitEvent(event: string, match: (ev: QmpEvent) => boolean = () => true, timeoutMs = 30_000): Promise<QmpEvent> {
+  waitEvent(
+    event: string,
+    match: (ev: QmpEvent) => boolean = () => true,
+    timeoutMs = 30_000,
+  ): Promise<QmpEvent> {
     if (this.closed) return Promise.reject(this.closeReason ?? new FerryError('qmp-disconnected', 'closed'));
     return new Promise((resolve, reject) => {
       const cleanup = (): void => {
@@ -227,7 +231,10 @@ export class QmpClient {
     for (const p of this.pending.values()) {
       clearTimeout(p.timer);
       p.reject(
-        new FerryError('qmp-disconnected', `QMP connection lost while waiting for ${p.command} (${this.path})`),
+        new FerryError(
+          'qmp-disconnected',
+          `QMP connection lost while waiting for ${p.command} (${this.path})`,
+        ),
       );
     }
     this.pending.clear();

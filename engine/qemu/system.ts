@@ -46,16 +46,24 @@ export function findQemu(setting: string | null): string {
   if (explicit) {
     if (isExecutable(explicit)) return explicit;
     const source = process.env.FERRY_QEMU ? 'FERRY_QEMU' : 'the host setting qemuBinary';
-    throw new FerryError('qemu-missing', `QEMU not found: ${source} names ${explicit}, which is not an executable`, installHint());
+    throw new FerryError(
+      'qemu-missing',
+      `QEMU not found: ${source} names ${explicit}, which is not an executable`,
+      installHint(),
+    );
   }
   const found = onPath(QEMU_SYSTEM);
-  if (!found) throw new FerryError('qemu-missing', `QEMU not found: no ${QEMU_SYSTEM} on PATH`, installHint());
+  if (!found)
+    throw new FerryError('qemu-missing', `QEMU not found: no ${QEMU_SYSTEM} on PATH`, installHint());
   return found;
 }
 
 /** qemu-img beside the QEMU binary, else on PATH. */
 export function findQemuImg(qemuBinary: string): string {
-  const beside = path.join(path.dirname(qemuBinary), process.platform === 'win32' ? 'qemu-img.exe' : 'qemu-img');
+  const beside = path.join(
+    path.dirname(qemuBinary),
+    process.platform === 'win32' ? 'qemu-img.exe' : 'qemu-img',
+  );
   if (isExecutable(beside)) return beside;
   const found = onPath('qemu-img');
   if (!found) throw new FerryError('qemu-missing', 'qemu-img not found on PATH', installHint());
@@ -74,7 +82,8 @@ export interface AccelChoice {
  */
 export function detectAccel(setting: 'auto' | 'kvm' | 'tcg'): AccelChoice {
   const hw = hardwareVirtualization();
-  const forced = (process.env.FERRY_ACCEL as string | undefined) || (setting !== 'auto' ? setting : undefined);
+  const forced =
+    (process.env.FERRY_ACCEL as string | undefined) || (setting !== 'auto' ? setting : undefined);
   if (forced) {
     if (forced !== 'kvm' && forced !== 'tcg' && forced !== 'hvf' && forced !== 'whpx') {
       throw new FerryError('bad-input', `FERRY_ACCEL must be kvm, tcg, hvf or whpx, not "${forced}"`);
@@ -96,7 +105,11 @@ function hardwareVirtualization(): { ok: boolean; accel: Accel; note: string } {
   const hasDev = fs.existsSync('/dev/kvm');
   if (!hasDev) return { ok: false, accel: 'kvm', note: 'no /dev/kvm' };
   if (fs.existsSync('/sys/module/kvm_pvm')) {
-    return { ok: false, accel: 'kvm', note: '/dev/kvm is kvm_pvm, a software virtualizer, not hardware virtualization' };
+    return {
+      ok: false,
+      accel: 'kvm',
+      note: '/dev/kvm is kvm_pvm, a software virtualizer, not hardware virtualization',
+    };
   }
   let flags = '';
   try {

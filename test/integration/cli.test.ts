@@ -42,29 +42,56 @@ describe('ferry CLI', () => {
     expect(up.stdout).toBe('');
     expect(up.stderr).toMatch(/lab1, lab2/);
 
-    const hosts = JSON.parse((await ferry(home, ['host', 'list', '--json'])).stdout) as { name: string; kind: string }[];
-    expect(hosts.map((h) => [h.name, h.kind])).toEqual([['lab1', 'lab'], ['lab2', 'lab']]);
+    const hosts = JSON.parse((await ferry(home, ['host', 'list', '--json'])).stdout) as {
+      name: string;
+      kind: string;
+    }[];
+    expect(hosts.map((h) => [h.name, h.kind])).toEqual([
+      ['lab1', 'lab'],
+      ['lab2', 'lab'],
+    ]);
     const info = JSON.parse((await ferry(home, ['host', 'info', 'lab1', '--json'])).stdout) as {
-      facts: { accel: string; qemuVersion: string; migrationCapabilities: string[]; multifdCompression: string[] };
+      facts: {
+        accel: string;
+        qemuVersion: string;
+        migrationCapabilities: string[];
+        multifdCompression: string[];
+      };
     };
     expect(info.facts.qemuVersion).toMatch(/^\d+\.\d+\.\d+$/);
     expect(['kvm', 'tcg']).toContain(info.facts.accel);
     expect(info.facts.migrationCapabilities).toContain('pause-before-switchover');
     expect(info.facts.multifdCompression).toContain('zlib');
 
-    const created = await ferry(home, ['vm', 'create', 'demo', '--host', 'lab1', '--lab-guest', '--working-set', '64']);
+    const created = await ferry(home, [
+      'vm',
+      'create',
+      'demo',
+      '--host',
+      'lab1',
+      '--lab-guest',
+      '--working-set',
+      '64',
+    ]);
     expect(created.code, created.stderr).toBe(0);
     expect((await ferry(home, ['vm', 'start', 'demo'])).code).toBe(0);
     const list = await vmList();
-    expect(list).toEqual([expect.objectContaining({ name: 'demo', host: 'lab1', state: 'running', memoryMiB: 512 })]);
+    expect(list).toEqual([
+      expect.objectContaining({ name: 'demo', host: 'lab1', state: 'running', memoryMiB: 512 }),
+    ]);
 
     const vmInfo = JSON.parse((await ferry(home, ['vm', 'info', 'demo', '--json'])).stdout) as {
-      serialLogPath: string; labGuest: { workingSetMiB: number; dirtyRateMiBs: number }; disks: unknown[];
+      serialLogPath: string;
+      labGuest: { workingSetMiB: number; dirtyRateMiBs: number };
+      disks: unknown[];
     };
     expect(vmInfo.labGuest).toEqual({ workingSetMiB: 64, dirtyRateMiBs: 50 });
     expect(vmInfo.disks).toEqual([]);
-    await waitFor('the guest to report a heartbeat', async () =>
-      fs.existsSync(vmInfo.serialLogPath) && /FERRY-GUEST hb pass=1 /.test(fs.readFileSync(vmInfo.serialLogPath, 'utf8')),
+    await waitFor(
+      'the guest to report a heartbeat',
+      async () =>
+        fs.existsSync(vmInfo.serialLogPath) &&
+        /FERRY-GUEST hb pass=1 /.test(fs.readFileSync(vmInfo.serialLogPath, 'utf8')),
     );
     const human = await ferry(home, ['vm', 'list']);
     expect(human.stdout).toMatch(/^NAME\s+HOST\s+STATE/);
@@ -86,15 +113,44 @@ describe('ferry CLI', () => {
     });
 
     const cases: [string, string[], RegExp, Record<string, string>?][] = [
-      ['unknown host', ['vm', 'create', 'a', '--host', 'lab9'], /unknown host "lab9"; known hosts: lab1, lab2/],
-      ['duplicate VM name', ['vm', 'create', 'taken', '--host', 'lab2'], /a VM named "taken" already exists \(on host lab1\)/],
-      ['memory above free memory', ['vm', 'create', 'b', '--host', 'lab1', '--memory', '100000000'], /100000000 MiB is more than host lab1 has free/],
-      ['missing image', ['vm', 'create', 'c', '--host', 'lab1', '--disk-image', '/nonexistent/x.qcow2'], /disk image not found: \/nonexistent\/x\.qcow2/],
-      ['QEMU not installed', ['vm', 'create', 'd', '--host', 'lab1'], /QEMU not found: FERRY_QEMU names \/nonexistent\/qemu[\s\S]*apt-get install qemu-system-x86/, { FERRY_QEMU: '/nonexistent/qemu' }],
+      [
+        'unknown host',
+        ['vm', 'create', 'a', '--host', 'lab9'],
+        /unknown host "lab9"; known hosts: lab1, lab2/,
+      ],
+      [
+        'duplicate VM name',
+        ['vm', 'create', 'taken', '--host', 'lab2'],
+        /a VM named "taken" already exists \(on host lab1\)/,
+      ],
+      [
+        'memory above free memory',
+        ['vm', 'create', 'b', '--host', 'lab1', '--memory', '100000000'],
+        /100000000 MiB is more than host lab1 has free/,
+      ],
+      [
+        'missing image',
+        ['vm', 'create', 'c', '--host', 'lab1', '--disk-image', '/nonexistent/x.qcow2'],
+        /disk image not found: \/nonexistent\/x\.qcow2/,
+      ],
+      [
+        'QEMU not installed',
+        ['vm', 'create', 'd', '--host', 'lab1'],
+        /QEMU not found: FERRY_QEMU names \/nonexistent\/qemu[\s\S]*apt-get install qemu-system-x86/,
+        { FERRY_QEMU: '/nonexistent/qemu' },
+      ],
       ['lab already up', ['lab', 'up'], /the lab is already up \(lab1, lab2\)/],
-      ['not a number', ['vm', 'create', 'e', '--host', 'lab1', '--memory', 'lots'], /expected a whole number from 16/],
+      [
+        'not a number',
+        ['vm', 'create', 'e', '--host', 'lab1', '--memory', 'lots'],
+        /expected a whole number from 16/,
+      ],
       ['bad VM name', ['vm', 'create', 'no spaces', '--host', 'lab1'], /VM names are 1-63 characters/],
-      ['working set bigger than memory', ['vm', 'create', 'f', '--host', 'lab1', '--memory', '64', '--lab-guest', '--working-set', '64'], /does not fit in 64 MiB/],
+      [
+        'working set bigger than memory',
+        ['vm', 'create', 'f', '--host', 'lab1', '--memory', '64', '--lab-guest', '--working-set', '64'],
+        /does not fit in 64 MiB/,
+      ],
       ['unknown VM', ['vm', 'start', 'ghost'], /no VM named "ghost" on any host/],
     ];
     for (const [label, args, message, env] of cases) {

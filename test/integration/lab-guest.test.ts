@@ -28,7 +28,12 @@ describe('lab guest', () => {
   it('reports a clean memory self-check over at least 20 passes, paced by its dirty rate', async () => {
     const facts = await (await inv.host('lab1')).facts();
     // 8 MiB at 80 MiB/s: one pass every 100 ms of guest time.
-    await inv.createVm({ name: 'g', host: 'lab1', memoryMiB: 128, labGuest: { workingSetMiB: 8, dirtyRateMiBs: 80 } });
+    await inv.createVm({
+      name: 'g',
+      host: 'lab1',
+      memoryMiB: 128,
+      labGuest: { workingSetMiB: 8, dirtyRateMiBs: 80 },
+    });
     await (await inv.host('lab1')).startVm('g');
     const report = await waitForPasses(inv, 'g', 20);
     expect(report.boots).toBe(1);
@@ -48,16 +53,36 @@ describe('lab guest', () => {
     // The guest's self-test hook skips writing page 3 on pass 5: pass 6 must catch it.
     const dir = tempHome('guest-corrupt');
     const log = path.join(dir, 'serial.log');
-    const qemu = spawn('qemu-system-x86_64', [
-      '-accel', 'tcg', '-machine', 'q35', '-m', '64', '-nodefaults', '-no-user-config', '-display', 'none',
-      '-kernel', labGuestImage(), '-append', 'ws=4 rate=40 corrupt=5', '-serial', `file:${log}`,
-    ], { stdio: 'ignore' });
+    const qemu = spawn(
+      'qemu-system-x86_64',
+      [
+        '-accel',
+        'tcg',
+        '-machine',
+        'q35',
+        '-m',
+        '64',
+        '-nodefaults',
+        '-no-user-config',
+        '-display',
+        'none',
+        '-kernel',
+        labGuestImage(),
+        '-append',
+        'ws=4 rate=40 corrupt=5',
+        '-serial',
+        `file:${log}`,
+      ],
+      { stdio: 'ignore' },
+    );
     try {
       const report = await waitFor('the mismatch report', async () => {
         const r = parseLabGuestSerial(fs.existsSync(log) ? fs.readFileSync(log, 'utf8') : '');
         return (r.heartbeats.at(-1)?.pass ?? 0) >= 8 ? r : null;
       });
-      expect(report.mismatches).toEqual(['FERRY-GUEST MISMATCH pass=6 page=3 want=0x00000005 got=0x00000004']);
+      expect(report.mismatches).toEqual([
+        'FERRY-GUEST MISMATCH pass=6 page=3 want=0x00000005 got=0x00000004',
+      ]);
       expect(report.heartbeats.filter((h) => h.pass < 6).every((h) => h.errors === 0)).toBe(true);
       expect(report.heartbeats.filter((h) => h.pass >= 6).every((h) => h.errors === 1)).toBe(true);
       expect(labGuestHealthy(report)).toBe(false);

@@ -15,8 +15,23 @@ function startQemu(): ChildProcess {
   // A paused, diskless VM is enough to exercise the protocol.
   return spawn(
     'qemu-system-x86_64',
-    ['-machine', 'q35', '-accel', 'tcg', '-m', '64', '-S', '-nodefaults', '-no-user-config', '-display', 'none',
-      '-serial', `file:${path.join(dir, 'serial.log')}`, '-qmp', `unix:${sock},server=on,wait=off`],
+    [
+      '-machine',
+      'q35',
+      '-accel',
+      'tcg',
+      '-m',
+      '64',
+      '-S',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-serial',
+      `file:${path.join(dir, 'serial.log')}`,
+      '-qmp',
+      `unix:${sock},server=on,wait=off`,
+    ],
     { stdio: 'ignore' },
   );
 }
@@ -71,8 +86,14 @@ describe('QmpClient against QEMU', () => {
     const qmp = await QmpClient.connect(sock);
     const unknown = await qmp.execute('no-such-command').catch((e: unknown) => e);
     expect(unknown).toBeInstanceOf(QmpCommandError);
-    expect(unknown).toMatchObject({ code: 'qmp-error', errorClass: 'CommandNotFound', command: 'no-such-command' });
-    const badArgs = await qmp.execute('migrate-set-parameters', { 'downtime-limit': 'soon' }).catch((e: unknown) => e);
+    expect(unknown).toMatchObject({
+      code: 'qmp-error',
+      errorClass: 'CommandNotFound',
+      command: 'no-such-command',
+    });
+    const badArgs = await qmp
+      .execute('migrate-set-parameters', { 'downtime-limit': 'soon' })
+      .catch((e: unknown) => e);
     expect(badArgs).toMatchObject({ errorClass: 'GenericError' });
     expect((badArgs as Error).message).toMatch(/downtime-limit/);
     expect((await qmp.execute<{ status: string }>('query-status')).status).toBe('paused');
@@ -83,7 +104,9 @@ describe('QmpClient against QEMU', () => {
     const qmp = await QmpClient.connect(sock);
     process.kill(qemu.pid!, 'SIGSTOP');
     try {
-      await expect(qmp.execute('query-status', undefined, 300)).rejects.toMatchObject({ code: 'qmp-timeout' });
+      await expect(qmp.execute('query-status', undefined, 300)).rejects.toMatchObject({
+        code: 'qmp-timeout',
+      });
     } finally {
       process.kill(qemu.pid!, 'SIGCONT');
     }
@@ -95,7 +118,11 @@ describe('QmpClient against QEMU', () => {
     const closed = new Promise<Error>((resolve) => qmp.onClose(resolve));
     // Freeze QEMU so the calls are surely still pending when it dies.
     process.kill(qemu.pid!, 'SIGSTOP');
-    const settled = Promise.allSettled([qmp.execute('query-status'), qmp.execute('query-version'), qmp.waitEvent('RESUME')]);
+    const settled = Promise.allSettled([
+      qmp.execute('query-status'),
+      qmp.execute('query-version'),
+      qmp.waitEvent('RESUME'),
+    ]);
     const exited = new Promise((resolve) => qemu.once('exit', resolve));
     process.kill(qemu.pid!, 'SIGKILL');
     await exited;
@@ -106,6 +133,8 @@ describe('QmpClient against QEMU', () => {
     }
     expect((await closed).message).toMatch(/lost/);
     expect(qmp.isClosed).toBe(true);
-    await expect(QmpClient.connect(sock, { timeoutMs: 1000 })).rejects.toMatchObject({ code: 'qmp-disconnected' });
+    await expect(QmpClient.connect(sock, { timeoutMs: 1000 })).rejects.toMatchObject({
+      code: 'qmp-disconnected',
+    });
   });
 });

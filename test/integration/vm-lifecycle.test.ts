@@ -27,11 +27,22 @@ async function lastPass(vm: string): Promise<number> {
 describe('VM lifecycle on a lab host', () => {
   it('creates, starts, pauses, resumes, stops and deletes a VM', async () => {
     const info = await inv.createVm({
-      name: 'life', host: 'lab1', memoryMiB: 256, disks: [{ kind: 'new', sizeGiB: 1 }],
+      name: 'life',
+      host: 'lab1',
+      memoryMiB: 256,
+      disks: [{ kind: 'new', sizeGiB: 1 }],
       labGuest: { workingSetMiB: 8, dirtyRateMiBs: 40 },
     });
-    expect(info).toMatchObject({ name: 'life', host: 'lab1', state: 'stopped', memoryMiB: 256, configVersion: 'pc-q35-7.2' });
-    expect(info.disks).toEqual([expect.objectContaining({ id: 'disk0', format: 'qcow2', sizeBytes: 1024 ** 3, owned: true })]);
+    expect(info).toMatchObject({
+      name: 'life',
+      host: 'lab1',
+      state: 'stopped',
+      memoryMiB: 256,
+      configVersion: 'pc-q35-7.2',
+    });
+    expect(info.disks).toEqual([
+      expect.objectContaining({ id: 'disk0', format: 'qcow2', sizeBytes: 1024 ** 3, owned: true }),
+    ]);
     expect(fs.existsSync(info.disks[0]!.path)).toBe(true);
     expect(info.nics[0]!.mac).toMatch(/^52:54:00:/);
 
@@ -62,7 +73,12 @@ describe('VM lifecycle on a lab host', () => {
   });
 
   it('refuses to delete a running VM and to start it twice', async () => {
-    await inv.createVm({ name: 'busy', host: 'lab2', memoryMiB: 128, labGuest: { workingSetMiB: 4, dirtyRateMiBs: 10 } });
+    await inv.createVm({
+      name: 'busy',
+      host: 'lab2',
+      memoryMiB: 128,
+      labGuest: { workingSetMiB: 4, dirtyRateMiBs: 10 },
+    });
     const lab2 = await inv.host('lab2');
     await lab2.startVm('busy');
     await expect(inv.deleteVm('busy')).rejects.toMatchObject({ code: 'vm-running' });
@@ -73,7 +89,12 @@ describe('VM lifecycle on a lab host', () => {
   });
 
   it('re-attaches to VMs started by another Ferry process', async () => {
-    await inv.createVm({ name: 'attach', host: 'lab1', memoryMiB: 128, labGuest: { workingSetMiB: 4, dirtyRateMiBs: 20 } });
+    await inv.createVm({
+      name: 'attach',
+      host: 'lab1',
+      memoryMiB: 128,
+      labGuest: { workingSetMiB: 4, dirtyRateMiBs: 20 },
+    });
     // Each CLI call is its own process that exits: the VM must outlive it and be found again.
     expect((await ferry(home, ['vm', 'start', 'attach'])).code).toBe(0);
     const fresh = new Inventory(home);
@@ -82,7 +103,11 @@ describe('VM lifecycle on a lab host', () => {
     await waitForPasses(fresh, 'attach', 2);
 
     expect((await ferry(home, ['vm', 'pause', 'attach'])).code).toBe(0);
-    const list = JSON.parse((await ferry(home, ['vm', 'list', '--json'])).stdout) as { name: string; state: string; pid: number }[];
+    const list = JSON.parse((await ferry(home, ['vm', 'list', '--json'])).stdout) as {
+      name: string;
+      state: string;
+      pid: number;
+    }[];
     expect(list.find((v) => v.name === 'attach')).toMatchObject({ state: 'paused', pid: seen!.pid });
     expect((await ferry(home, ['vm', 'resume', 'attach'])).code).toBe(0);
     expect((await new Inventory(home).host('lab1').then((h) => h.vmInfo('attach'))).state).toBe('running');
@@ -99,7 +124,10 @@ describe('VM lifecycle on a lab host', () => {
     expect(crashed.reason).toMatch(new RegExp(`QEMU \\(pid ${before.pid}\\) exited unexpectedly`));
     expect(crashed.pid).toBeNull();
     // Reported the same way to another process, and it stays reported until the VM is started again.
-    const cli = JSON.parse((await ferry(home, ['vm', 'info', 'attach', '--json'])).stdout) as { state: string; reason: string };
+    const cli = JSON.parse((await ferry(home, ['vm', 'info', 'attach', '--json'])).stdout) as {
+      state: string;
+      reason: string;
+    };
     expect(cli).toMatchObject({ state: 'crashed' });
     const again = await lab1.startVm('attach');
     expect(again.state).toBe('running');
