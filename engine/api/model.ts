@@ -120,11 +120,15 @@ export const HostSettingsSchema = z.object({
   /** null = no limit (Ferry still sets QEMU's max-bandwidth explicitly). */
   bandwidthMiBs: z.number().int().min(1).nullable().default(null),
   downtimeMs: z.number().int().min(1).max(60_000).default(300),
+  /** How far the raise-downtime and postcopy policies may raise the downtime target. */
+  downtimeCeilingMs: z.number().int().min(1).max(60_000).default(2000),
   convergence: ConvergencePolicySchema.default('raise-downtime'),
   /** 'auto' picks KVM when the CPU has real hardware virtualization, else TCG. */
   accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
   qemuBinary: z.string().min(1).nullable().default(null),
   storageRoots: z.array(z.string().min(1)).default([]),
+  /** Memory kept for the host itself: VMs may use only what is free beyond it. */
+  reservedMemoryMiB: z.number().int().min(0).default(0),
 });
 export type HostSettings = z.infer<typeof HostSettingsSchema>;
 

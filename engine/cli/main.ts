@@ -1,6 +1,8 @@
 // `ferry`: the command line. It never prompts; `--json` writes JSON only on stdout (messages go to
 // stderr). Every argument is validated before anything changes.
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { registerMigrationCommands } from './migrate.js';
+import { ExitWith, int, table } from './util.js';
 import { FerryError, isFerryError, type DiskRequest, type VmSummary } from '../api/index.js';
 import { Inventory } from '../host/inventory.js';
 
@@ -19,17 +21,10 @@ const REFUSALS = new Set([
   'lab-not-up',
   'vm-running',
   'vm-not-running',
+  'vm-migrating',
+  'unknown-migration',
+  'cancel-refused',
 ]);
-
-function int(min: number, max = Number.MAX_SAFE_INTEGER) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
-      throw new InvalidArgumentError(`expected a whole number from ${min} to ${max}, got "${value}"`);
-    }
-    return n;
-  };
-}
 
 function positive(value: string): number {
   const n = Number(value);
@@ -47,20 +42,6 @@ const stdio: Io = {
   out: (s) => process.stdout.write(s),
   err: (s) => process.stderr.write(s),
 };
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-  return (
-    rows
-      .map((r) =>
-        r
-          .map((c, i) => c.padEnd(widths[i]!))
-          .join('  ')
-          .trimEnd(),
-      )
-      .join('\n') + '\n'
-  );
-}
 
 function vmRows(vms: VmSummary[]): string {
   return table([
@@ -287,6 +268,7 @@ export function buildProgram(io: Io, inv: Inventory): Command {
       io.out((await (await inv.locate(name)).readSerial(name, 0)).text);
     });
 
+  registerMigrationCommands(program, io, inv, host);
   return program;
 }
 
@@ -301,6 +283,7 @@ export async function main(
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (err) {
+    if (err instanceof ExitWith) return err.code;
     if (err instanceof CommanderError) {
       // Help and version exit 0; usage errors were already printed by commander.
       return err.exitCode === 0 ? 0 : 2;

@@ -24,7 +24,7 @@ export interface SerialChunk {
   next: number;
 }
 
-export interface HostDriver {
+export interface HostDriver extends MigrationDriver {
   readonly name: string;
   readonly record: HostRecord;
 
@@ -45,4 +45,83 @@ export interface HostDriver {
   /** Removes the VM with the disks Ferry created for it; a running VM is refused. */
   deleteVm(name: string): Promise<void>;
   readSerial(name: string, from: number): Promise<SerialChunk>;
+}
+
+/** What the destination needs to start the skeleton VM and listen (libvirt's Prepare). */
+export interface IncomingRequest {
+  migrationId: string;
+  config: VmConfig;
+  capabilities: Record<string, boolean>;
+  parameters: Record<string, unknown>;
+  scheme: 'tcp' | 'rdma';
+}
+
+export interface OutgoingStats {
+  status: string;
+  transferred: number;
+  remaining: number;
+  total: number;
+  dirtyPagesRate: number;
+  pageSize: number;
+  passes: number;
+  expectedDowntimeMs: number | null;
+  downtimeMs: number | null;
+  totalTimeMs: number | null;
+  throttlePct: number;
+  error: string | null;
+  downtimeLimitMs: number;
+  /** Epoch ms of QEMU's STOP event on the source during this migration (vCPUs paused for cut-over). */
+  stoppedAt: number | null;
+}
+
+export interface StorageHandle {
+  disks: { id: string; file: string; attached: boolean; writable: boolean }[];
+  /** The destination VM's run state (paused until Online). */
+  runState: string;
+}
+
+export interface FileIdentity {
+  path: string;
+  exists: boolean;
+  device: number;
+  inode: number;
+  size: number;
+}
+
+/**
+ * The migration half of the host seam: the source's Begin/Perform/Confirm and the destination's
+ * Prepare/Finish, after libvirt's migration protocol. Each step has a defined rollback, which is how
+ * "exactly one running copy" is kept.
+ */
+export interface MigrationDriver {
+  // source
+  beginOutgoing(name: string, migrationId: string, peer: string): Promise<VmConfig>;
+  startOutgoing(
+    name: string,
+    req: { capabilities: Record<string, boolean>; parameters: Record<string, unknown>; uri: string },
+  ): Promise<void>;
+  outgoingStats(name: string): Promise<OutgoingStats>;
+  setOutgoingParameters(name: string, parameters: Record<string, unknown>): Promise<void>;
+  continueOutgoing(name: string): Promise<void>;
+  startPostcopy(name: string): Promise<void>;
+  /** Cancels a migration that has not switched over; the VM keeps running here. */
+  cancelOutgoing(name: string): Promise<void>;
+  /** Takes the VM back after a switch-over whose destination never ran (re-activates the disks). */
+  resumeSource(name: string): Promise<void>;
+  /** The destination runs the VM: tear down the source QEMU and forget the VM here. */
+  confirmOutgoing(name: string): Promise<void>;
+  // destination
+  prepareIncoming(req: IncomingRequest): Promise<{ uri: string }>;
+  incomingRunState(name: string): Promise<string>;
+  storageHandle(name: string): Promise<StorageHandle>;
+  /** Commits the configuration here and resumes the VM; returns the epoch ms it resumed at. */
+  finishIncoming(name: string): Promise<{ resumedAt: number }>;
+  announce(name: string): Promise<void>;
+  /** Kills the skeleton and removes what Prepare created (never shared disks). */
+  abortIncoming(name: string): Promise<void>;
+  // files, for the shared-storage checks
+  statFiles(paths: string[]): Promise<FileIdentity[]>;
+  writeMarker(dir: string, token: string): Promise<string>;
+  readMarker(file: string): Promise<string | null>;
+  removeFile(file: string): Promise<void>;
 }

@@ -40,7 +40,17 @@ import {
   hasRdma,
   memoryMiB,
 } from '../qemu/system.js';
-import type { HostDriver, SerialChunk, StopOptions } from './driver.js';
+import type {
+  FileIdentity,
+  HostDriver,
+  IncomingRequest,
+  OutgoingStats,
+  SerialChunk,
+  StopOptions,
+  StorageHandle,
+} from './driver.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { capabilityList, parseQueryMigrate } from '../qemu/migration.js';
 import { ensureDir, labGuestImage, readJson, socketDir, withLock, writeJsonAtomic } from './store.js';
 
 /** What Ferry remembers about a VM's QEMU process between invocations. */
@@ -55,13 +65,49 @@ const RuntimeSchema = z.object({
   /** Filled when Ferry first notices that QEMU died on its own. */
   crashedAt: z.iso.datetime().nullable().default(null),
   crashReason: z.string().nullable().default(null),
+  /** Set while the VM is the source or the destination of a move. */
+  migration: z
+    .object({
+      id: z.string(),
+      role: z.enum(['source', 'destination']),
+      peer: z.string(),
+      /** The Ferry process running the move: when it is gone the marker is stale. */
+      ownerPid: z.number().int(),
+      wasRunning: z.boolean(),
+    })
+    .nullable()
+    .default(null),
 });
 type Runtime = z.infer<typeof RuntimeSchema>;
+
+/** A QMP session held for the length of a migration, with the cut-over moments it saw. */
+interface Session {
+  qmp: QmpClient;
+  stoppedAt: number | null;
+  resumedAt: number | null;
+  downtimeLimitMs: number;
+}
+
+const eventMs = (ev: { timestamp: { seconds: number; microseconds: number } }): number =>
+  ev.timestamp.seconds * 1000 + Math.round(ev.timestamp.microseconds / 1000);
+
+/** A migration marker whose owning Ferry process died no longer blocks the VM. */
+function activeMigration(rt: Runtime | null): Runtime['migration'] {
+  const m = rt?.migration ?? null;
+  if (!m) return null;
+  try {
+    process.kill(m.ownerPid, 0);
+    return m;
+  } catch {
+    return null;
+  }
+}
 
 const QMP_STATUS_TIMEOUT_MS = 3000;
 
 export class LocalHost implements HostDriver {
   readonly name: string;
+  private readonly sessions = new Map<string, Session>();
 
   constructor(readonly record: HostRecord) {
     this.name = record.name;
@@ -229,6 +275,8 @@ export class LocalHost implements HostDriver {
       return { state: 'crashed', reason };
     }
     if (rt.stopRequested) return { state: 'stopping', reason: null };
+    const mig = activeMigration(rt);
+    if (mig?.role === 'source') return { state: 'migrating', reason: `moving to ${mig.peer} (${mig.id})` };
     try {
       const qmp = await QmpClient.connect(rt.statusSocket, { timeoutMs: QMP_STATUS_TIMEOUT_MS });
       try {
@@ -363,6 +411,7 @@ export class LocalHost implements HostDriver {
     if (!rt || rt.crashedAt || !isQemuAlive(rt.pid, rt.qmpSocket)) {
       throw new FerryError('vm-not-running', `VM "${name}" is not running`);
     }
+    refuseWhileMigrating(name, rt);
     return { qmp: await QmpClient.connect(rt.qmpSocket, { timeoutMs: 10_000 }), rt };
   }
 
@@ -398,6 +447,7 @@ export class LocalHost implements HostDriver {
         stopRequested: false,
         crashedAt: null,
         crashReason: null,
+        migration: null,
       };
       await writeJsonAtomic(this.runtimePath(name), record);
       try {
@@ -440,6 +490,7 @@ export class LocalHost implements HostDriver {
         await fs.promises.rm(this.runtimePath(name), { force: true });
         return;
       }
+      refuseWhileMigrating(name, rt);
       await writeJsonAtomic(this.runtimePath(name), { ...rt, stopRequested: true });
       let gone = false;
       if (!opts.force) {
@@ -488,6 +539,313 @@ export class LocalHost implements HostDriver {
     await fs.promises.rm(this.vmDir(name), { recursive: true, force: true });
   }
 
+  // ---- migration: source (Begin / Perform / Confirm) --------------------------------------------
+
+  private async openSession(name: string, socket: string): Promise<Session> {
+    const qmp = await QmpClient.connect(socket, { timeoutMs: 10_000 });
+    const session: Session = { qmp, stoppedAt: null, resumedAt: null, downtimeLimitMs: 300 };
+    qmp.on('STOP', (ev) => (session.stoppedAt = eventMs(ev)));
+    qmp.on('RESUME', (ev) => (session.resumedAt = eventMs(ev)));
+    this.sessions.set(name, session);
+    return session;
+  }
+
+  private session(name: string): Session {
+    const s = this.sessions.get(name);
+    if (!s || s.qmp.isClosed) {
+      throw new FerryError('migration-failed', `lost the QMP session of "${name}" on ${this.name}`);
+    }
+    return s;
+  }
+
+  private async closeSession(name: string): Promise<void> {
+    const s = this.sessions.get(name);
+    this.sessions.delete(name);
+    await s?.qmp.close();
+  }
+
+  private async setMigrationMarker(name: string, marker: Runtime['migration']): Promise<void> {
+    const rt = await this.runtime(name);
+    if (rt) await writeJsonAtomic(this.runtimePath(name), { ...rt, migration: marker });
+  }
+
+  async beginOutgoing(name: string, migrationId: string, peer: string): Promise<VmConfig> {
+    return this.withVmLock(name, async () => {
+      const vm = await this.vmConfig(name);
+      const rt = await this.runtime(name);
+      if (!rt || rt.crashedAt || !isQemuAlive(rt.pid, rt.qmpSocket)) {
+        throw new FerryError('vm-not-running', `VM "${name}" is not running on ${this.name}`);
+      }
+      refuseWhileMigrating(name, rt);
+      const session = await this.openSession(name, rt.qmpSocket);
+      const st = await session.qmp.execute<{ status: string }>('query-status');
+      if (st.status !== 'running' && st.status !== 'paused') {
+        await this.closeSession(name);
+        throw new FerryError('vm-not-running', `VM "${name}" is ${st.status}, not running or paused`);
+      }
+      await writeJsonAtomic(this.runtimePath(name), {
+        ...rt,
+        migration: {
+          id: migrationId,
+          role: 'source',
+          peer,
+          ownerPid: process.pid,
+          wasRunning: st.status === 'running',
+        },
+      });
+      return vm;
+    });
+  }
+
+  async startOutgoing(
+    name: string,
+    req: { capabilities: Record<string, boolean>; parameters: Record<string, unknown>; uri: string },
+  ): Promise<void> {
+    const s = this.session(name);
+    await s.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(req.capabilities) });
+    await s.qmp.execute('migrate-set-parameters', req.parameters);
+    const limit = req.parameters['downtime-limit'];
+    if (typeof limit === 'number') s.downtimeLimitMs = limit;
+    s.stoppedAt = null;
+    await s.qmp.execute('migrate', { uri: req.uri });
+  }
+
+  async outgoingStats(name: string): Promise<OutgoingStats> {
+    const s = this.session(name);
+    const stats = parseQueryMigrate(await s.qmp.execute('query-migrate'));
+    return { ...stats, downtimeLimitMs: s.downtimeLimitMs, stoppedAt: s.stoppedAt };
+  }
+
+  async setOutgoingParameters(name: string, parameters: Record<string, unknown>): Promise<void> {
+    const s = this.session(name);
+    await s.qmp.execute('migrate-set-parameters', parameters);
+    const limit = parameters['downtime-limit'];
+    if (typeof limit === 'number') s.downtimeLimitMs = limit;
+  }
+
+  async continueOutgoing(name: string): Promise<void> {
+    await this.session(name).qmp.execute('migrate-continue', { state: 'pre-switchover' });
+  }
+
+  async startPostcopy(name: string): Promise<void> {
+    await this.session(name).qmp.execute('migrate-start-postcopy');
+  }
+
+  async cancelOutgoing(name: string): Promise<void> {
+    const s = this.session(name);
+    const before = parseQueryMigrate(await s.qmp.execute('query-migrate'));
+    if (before.status === 'completed' || before.status.startsWith('postcopy')) {
+      throw new FerryError(
+        'cancel-refused',
+        `the migration of "${name}" has already switched over (${before.status})`,
+      );
+    }
+    if (before.status !== 'none' && before.status !== 'failed' && before.status !== 'cancelled') {
+      await s.qmp.execute('migrate_cancel');
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const st = parseQueryMigrate(await s.qmp.execute('query-migrate')).status;
+        if (st === 'cancelled' || st === 'failed') break;
+        if (Date.now() > deadline)
+          throw new FerryError('migration-failed', `QEMU did not cancel the migration of "${name}" (${st})`);
+        await sleep(20);
+      }
+    }
+    await this.keepRunningHere(name);
+  }
+
+  /** After a cancel or failure: the VM runs here as before the move, and is no longer marked. */
+  private async keepRunningHere(name: string): Promise<void> {
+    const s = this.session(name);
+    const rt = await this.runtime(name);
+    const st = await s.qmp.execute<{ status: string }>('query-status');
+    // QEMU restarts a VM that was running when its migration fails; make sure of it.
+    if (rt?.migration?.wasRunning && st.status !== 'running') await s.qmp.execute('cont');
+    await this.setMigrationMarker(name, null);
+    await this.closeSession(name);
+  }
+
+  async resumeSource(name: string): Promise<void> {
+    // `cont` in postmigrate re-activates the disks the source inactivated at completion.
+    await this.keepRunningHere(name);
+  }
+
+  async confirmOutgoing(name: string): Promise<void> {
+    const rt = await this.runtime(name);
+    const s = this.sessions.get(name);
+    if (s && !s.qmp.isClosed) await s.qmp.execute('quit').catch(() => undefined);
+    await this.closeSession(name);
+    if (rt) {
+      await writeJsonAtomic(this.runtimePath(name), { ...rt, stopRequested: true });
+      if (!(await waitForExit(rt.pid, rt.qmpSocket, 10_000))) await killQemu(rt.pid, rt.qmpSocket);
+      for (const sock of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(sock, { force: true });
+    }
+    // Keep the source's console history; the VM's files on shared storage are the destination's now.
+    const serial = path.join(this.vmDir(name), 'serial.log');
+    if (fs.existsSync(serial)) {
+      const logs = path.join(this.record.stateDir, 'logs');
+      await ensureDir(logs);
+      await fs.promises.rename(serial, path.join(logs, `${name}-${rt?.migration?.id ?? 'moved'}.serial.log`));
+    }
+    await this.removeVmState(name);
+  }
+
+  /** Removes Ferry's own files of a VM on this host (configuration, runtime, logs), never its disks. */
+  private async removeVmState(name: string): Promise<void> {
+    const dir = this.vmDir(name);
+    for (const f of [
+      'vm.json',
+      'incoming.json',
+      'runtime.json',
+      'qemu.log',
+      'qemu.pid',
+      'serial.log',
+      'vm.lock',
+    ]) {
+      await fs.promises.rm(path.join(dir, f), { recursive: true, force: true });
+    }
+    await fs.promises.rmdir(dir).catch(() => undefined);
+  }
+
+  // ---- migration: destination (Prepare / Finish) ------------------------------------------------
+
+  async prepareIncoming(req: IncomingRequest): Promise<{ uri: string }> {
+    const vm = VmConfigSchema.parse(req.config);
+    if (await this.hasVm(vm.name)) {
+      throw new FerryError('duplicate-vm', `a VM named "${vm.name}" already exists on host ${this.name}`);
+    }
+    const facts = await this.facts();
+    await this.removeVmState(vm.name); // leftovers of an earlier, failed attempt
+    await ensureDir(this.vmDir(vm.name));
+    await writeJsonAtomic(path.join(this.vmDir(vm.name), 'incoming.json'), vm);
+    const paths = this.runtimePaths(vm);
+    await ensureDir(path.dirname(paths.qmpSocket), 0o700);
+    for (const sock of [paths.qmpSocket, paths.statusSocket]) await fs.promises.rm(sock, { force: true });
+    const log = this.qemuLog(vm.name);
+    const argv = qemuArgv(vm, paths, { accel: facts.accel, incoming: true, paused: true, prealloc: true });
+    const pid = await spawnDetached(facts.qemuBinary, argv, log);
+    await writeJsonAtomic(this.runtimePath(vm.name), {
+      pid,
+      qmpSocket: paths.qmpSocket,
+      statusSocket: paths.statusSocket,
+      startedAt: new Date().toISOString(),
+      accel: facts.accel,
+      stopRequested: false,
+      crashedAt: null,
+      crashReason: null,
+      migration: {
+        id: req.migrationId,
+        role: 'destination',
+        peer: '',
+        ownerPid: process.pid,
+        wasRunning: false,
+      },
+    } satisfies Runtime);
+    try {
+      const first = await connectWhenReady(paths.qmpSocket, pid, log, 60_000); // -mem-prealloc takes a while
+      await first.close();
+      const s = await this.openSession(vm.name, paths.qmpSocket);
+      await s.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(req.capabilities) });
+      if (Object.keys(req.parameters).length > 0)
+        await s.qmp.execute('migrate-set-parameters', req.parameters);
+      // Listen only on this host's migration address; port 0 lets the kernel pick a free port.
+      const addr = this.record.migrationAddress;
+      const host = addr.includes(':') ? `[${addr}]` : addr;
+      await s.qmp.execute('migrate-incoming', { uri: `${req.scheme}:${host}:0` });
+      const q = await s.qmp.execute<{ 'socket-address'?: { port: string }[] }>('query-migrate');
+      const port = q['socket-address']?.[0]?.port;
+      if (!port)
+        throw new FerryError('migration-failed', `QEMU on ${this.name} did not report its migration port`);
+      return { uri: `${req.scheme}:${host}:${port}` };
+    } catch (err) {
+      await this.abortIncoming(vm.name).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async incomingRunState(name: string): Promise<string> {
+    return (await this.session(name).qmp.execute<{ status: string }>('query-status')).status;
+  }
+
+  async storageHandle(name: string): Promise<StorageHandle> {
+    const s = this.session(name);
+    const blocks =
+      await s.qmp.execute<{ inserted?: { 'node-name'?: string; file: string; ro: boolean } }[]>(
+        'query-block',
+      );
+    const vm = VmConfigSchema.parse(
+      await readJson(path.join(this.vmDir(name), 'incoming.json'), VmConfigSchema),
+    );
+    const disks = vm.disks.map((d) => {
+      const b = blocks.find((x) => x.inserted?.['node-name'] === d.id);
+      return {
+        id: d.id,
+        file: b?.inserted?.file ?? '',
+        attached: !!b?.inserted,
+        writable: !!b && !b.inserted?.ro,
+      };
+    });
+    const runState = (await s.qmp.execute<{ status: string }>('query-status')).status;
+    return { disks, runState };
+  }
+
+  async finishIncoming(name: string): Promise<{ resumedAt: number }> {
+    const s = this.session(name);
+    // Commit first: from here this host owns the VM. Then run it.
+    await fs.promises.rename(path.join(this.vmDir(name), 'incoming.json'), this.configPath(name));
+    const resumed = s.qmp.waitEvent('RESUME', () => true, 10_000);
+    await s.qmp.execute('cont');
+    const ev = await resumed;
+    const st = await s.qmp.execute<{ status: string }>('query-status');
+    if (st.status !== 'running')
+      throw new FerryError('migration-failed', `VM "${name}" on ${this.name} is ${st.status} after cont`);
+    await this.setMigrationMarker(name, null);
+    return { resumedAt: eventMs(ev) };
+  }
+
+  async announce(name: string): Promise<void> {
+    // RARP / gratuitous announcements so switches learn the VM's MACs behind this host (QEMU's defaults).
+    await this.session(name).qmp.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 });
+    await this.closeSession(name);
+  }
+
+  async abortIncoming(name: string): Promise<void> {
+    await this.closeSession(name);
+    const rt = await this.runtime(name);
+    if (rt) await killQemu(rt.pid, rt.qmpSocket);
+    if (rt) for (const sock of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(sock, { force: true });
+    if (!(await this.hasVm(name))) await this.removeVmState(name);
+  }
+
+  // ---- files ----------------------------------------------------------------------------------
+
+  async statFiles(paths: string[]): Promise<FileIdentity[]> {
+    return Promise.all(
+      paths.map(async (p) => {
+        try {
+          const st = await fs.promises.stat(p);
+          return { path: p, exists: true, device: st.dev, inode: st.ino, size: st.size };
+        } catch {
+          return { path: p, exists: false, device: 0, inode: 0, size: 0 };
+        }
+      }),
+    );
+  }
+
+  async writeMarker(dir: string, token: string): Promise<string> {
+    const file = path.join(dir, `.ferry-probe-${token.slice(0, 12)}`);
+    await fs.promises.writeFile(file, token);
+    return file;
+  }
+
+  async readMarker(file: string): Promise<string | null> {
+    return fs.promises.readFile(file, 'utf8').catch(() => null);
+  }
+
+  async removeFile(file: string): Promise<void> {
+    await fs.promises.rm(file, { force: true });
+  }
+
   async readSerial(name: string, from: number): Promise<SerialChunk> {
     const vm = await this.vmConfig(name);
     const file = this.runtimePaths(vm).serialLog;
@@ -507,6 +865,16 @@ export class LocalHost implements HostDriver {
     } finally {
       await fh.close();
     }
+  }
+}
+
+function refuseWhileMigrating(name: string, rt: Runtime): void {
+  const m = activeMigration(rt);
+  if (m) {
+    throw new FerryError(
+      'vm-migrating',
+      `VM "${name}" is being moved (${m.id}); cancel the move first: ferry cancel ${m.id}`,
+    );
   }
 }
 

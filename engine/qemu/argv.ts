@@ -18,6 +18,8 @@ export interface ArgvOptions {
   incoming?: boolean;
   /** Start with the vCPUs stopped. */
   paused?: boolean;
+  /** Allocate all guest memory up front (a migration destination: keeps first-touch cost out of the downtime). */
+  prealloc?: boolean;
 }
 
 export function labGuestAppend(lab: NonNullable<VmConfig['labGuest']>): string {
@@ -90,6 +92,7 @@ export function qemuArgv(vm: VmConfig, paths: VmRuntimePaths, opts: ArgvOptions)
       `virtio-net-pci,netdev=${n.id},mac=${n.mac},id=${n.id}-dev,romfile=`,
     );
   }
+  if (opts.prealloc) a.push('-mem-prealloc');
   if (opts.incoming) a.push('-incoming', 'defer');
   if (opts.paused) a.push('-S');
   return a;

@@ -1,0 +1,297 @@
+// `ferry move`, `ferry cancel`, `ferry migrations`, `ferry queue` and `ferry host settings`.
+import { Option, type Command } from 'commander';
+import { z } from 'zod';
+import {
+  ConvergencePolicySchema,
+  FerryError,
+  HostSettingsSchema,
+  PerformanceOptionSchema,
+  PHASES,
+  type HostSettings,
+  type MigrationEvent,
+  type MoveRequest,
+  type Summary,
+} from '../api/index.js';
+import type { Inventory } from '../host/inventory.js';
+import { MigrationManager } from '../migration/manager.js';
+import type { Io } from './main.js';
+import { ExitWith, int, table } from './util.js';
+
+const MiB = 1024 * 1024;
+
+function oneOf<T extends string>(schema: z.ZodType<T>, what: string) {
+  return (value: string): T => {
+    const r = schema.safeParse(value);
+    if (!r.success) throw new FerryError('bad-input', `unknown ${what} "${value}"`);
+    return r.data;
+  };
+}
+
+/** Human lines for a terminal: phases as they start and end, figures as they come. */
+function describe(e: MigrationEvent): string | null {
+  switch (e.type) {
+    case 'queued':
+      return `queued: position ${e.position} (waiting for a free slot on ${e.from} or ${e.to})`;
+    case 'started':
+      return `moving ${e.vm} ${e.from} → ${e.to} (${e.id}): ${e.options.performance}${e.options.performance !== 'tcp' ? ` ×${e.options.channels}` : ''}, bandwidth ${e.options.bandwidthMiBs ?? 'unlimited'}${e.options.bandwidthMiBs ? ' MiB/s' : ''}, downtime ${e.options.downtimeMs} ms, ${e.options.convergence}`;
+    case 'phase':
+      return e.state === 'started'
+        ? `phase ${e.phase}/6 ${PHASES[e.phase - 1]!.title}…`
+        : `phase ${e.phase}/6 ${PHASES[e.phase - 1]!.title} done in ${e.ms} ms`;
+    case 'sample': {
+      const s = e.sample;
+      return `  pass ${s.pass}: sent ${(s.bytesSent / MiB).toFixed(1)} MiB, remaining ${(s.remainingBytes / MiB).toFixed(1)} MiB, ${s.throughputMiBs.toFixed(1)} MiB/s, dirty ${(s.dirtyBytesPerSec / MiB).toFixed(1)} MiB/s, expected downtime ${s.expectedDowntimeMs ?? '?'} ms`;
+    }
+    case 'storage-copy':
+      return `  storage copy: ${e.disks.map((d) => `${d.id} ${(d.copied / MiB).toFixed(0)}/${(d.total / MiB).toFixed(0)} MiB`).join(', ')}`;
+    case 'escalation':
+      return `! ${e.step}: ${e.message}`;
+    case 'log':
+      return `${e.level === 'warn' ? 'warning: ' : ''}${e.message}`;
+    case 'summary':
+      return summaryText(e);
+  }
+}
+
+function summaryText(s: Summary): string {
+  if (s.status !== 'completed') return `${s.status}: ${s.reason ?? ''}`;
+  const phases = s.phases.map((p) => `${p.phase}:${p.ms ?? '-'}ms`).join(' ');
+  return `completed: ${s.vm} now runs on ${s.to} in ${(s.totalMs / 1000).toFixed(2)} s, downtime ${s.downtimeMs ?? '?'} ms, ${(s.bytes / MiB).toFixed(1)} MiB in ${s.passes} passes (${phases})${s.warnings.length ? `\nwarnings: ${s.warnings.join('; ')}` : ''}`;
+}
+
+function parseSetting(key: string, value: string): Partial<HostSettings> {
+  const shape = HostSettingsSchema.shape;
+  if (!(key in shape)) {
+    throw new FerryError(
+      'bad-input',
+      `unknown setting "${key}"; settings are: ${Object.keys(shape).join(', ')}`,
+    );
+  }
+  let raw: unknown = value;
+  const bool = (v: string): boolean | string =>
+    ['true', 'on', 'yes'].includes(v) ? true : ['false', 'off', 'no'].includes(v) ? false : v;
+  switch (key) {
+    case 'liveMigrationEnabled':
+      raw = bool(value);
+      break;
+    case 'bandwidthMiBs':
+      raw = ['none', 'unlimited', 'null'].includes(value)
+        ? null
+        : /^\d+$/.test(value)
+          ? Number(value)
+          : value;
+      break;
+    case 'incomingNetworks':
+      raw =
+        value === 'any'
+          ? 'any'
+          : value
+              .split(',')
+              .map((s) => s.trim())
+              .filter(Boolean);
+      break;
+    case 'storageRoots':
+      raw = value
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
+      break;
+    case 'qemuBinary':
+      raw = value === 'none' || value === '' ? null : value;
+      break;
+    default:
+      if (/^\d+$/.test(value)) raw = Number(value);
+  }
+  const field = shape[key as keyof typeof shape] as z.ZodType;
+  const r = field.safeParse(raw);
+  if (!r.success)
+    throw new FerryError(
+      'bad-input',
+      `bad value for ${key}: "${value}" (${r.error.issues[0]?.message ?? 'invalid'})`,
+    );
+  return { [key]: r.data } as Partial<HostSettings>;
+}
+
+export function registerMigrationCommands(program: Command, io: Io, inv: Inventory, host: Command): void {
+  const manager = (): MigrationManager => new MigrationManager(inv);
+  const json = (v: unknown): void => io.out(JSON.stringify(v, null, 2) + '\n');
+  const say = (s: string): void => io.err(s + '\n');
+
+  program
+    .command('move <vm>')
+    .description('live-migrate a running VM to another host')
+    .option('--to <host>', 'destination host')
+    .addOption(
+      new Option('--performance <option>', 'tcp | compression | multichannel | rdma').argParser(
+        oneOf(PerformanceOptionSchema, 'performance option'),
+      ),
+    )
+    .addOption(
+      new Option('--channels <n>', 'parallel connections for Compression / Multichannel').argParser(
+        int(1, 64),
+      ),
+    )
+    .addOption(new Option('--bandwidth <MiB/s>', 'bandwidth limit').argParser(int(1, 1_000_000)))
+    .addOption(new Option('--downtime <ms>', 'downtime target').argParser(int(1, 60_000)))
+    .addOption(
+      new Option('--convergence <policy>', 'abort | raise-downtime | postcopy | throttle').argParser(
+        oneOf(ConvergencePolicySchema, 'convergence policy'),
+      ),
+    )
+    .option('--check', 'print the pre-flight report only')
+    .option('--json', 'one JSON object per line on stdout; the last is the summary')
+    .action(
+      async (
+        vm: string,
+        o: {
+          to?: string;
+          performance?: MoveRequest['performance'];
+          channels?: number;
+          bandwidth?: number;
+          downtime?: number;
+          convergence?: MoveRequest['convergence'];
+          check?: boolean;
+          json?: boolean;
+        },
+      ) => {
+        if (!o.to) throw new FerryError('bad-input', 'choose the destination with --to HOST');
+        const request: MoveRequest = {
+          vm,
+          to: o.to,
+          performance: o.performance,
+          channels: o.channels,
+          bandwidthMiBs: o.bandwidth,
+          downtimeMs: o.downtime,
+          convergence: o.convergence,
+        };
+        const m = manager();
+        if (o.check) {
+          const report = await m.check(request);
+          if (o.json) json(report);
+          else {
+            for (const e of report.errors) io.out(`error   ${e.code}: ${e.message}\n`);
+            for (const w of report.warnings) io.out(`warning ${w.code}: ${w.message}\n`);
+            if (report.errors.length === 0) io.out(`ready: ${vm} can move to ${o.to}\n`);
+          }
+          if (report.errors.length > 0) throw new ExitWith(2);
+          return;
+        }
+        const tty = !o.json && process.stderr.isTTY;
+        let lastSampleLine = 0;
+        let id: string | null = null;
+        const pending: MigrationEvent[] = [];
+        const print = (e: MigrationEvent): void => {
+          if (o.json) return io.out(JSON.stringify(e) + '\n');
+          const line = describe(e);
+          if (!line) return;
+          if (e.type === 'sample') {
+            if (tty) return io.err(`\r\x1b[K${line}`);
+            if (e.at - lastSampleLine < 1000) return; // a line a second off a terminal
+            lastSampleLine = e.at;
+          }
+          io.err(`${tty ? '\r\x1b[K' : ''}${line}\n`);
+        };
+        const off = m.subscribe((e) => {
+          if (id === null) pending.push(e);
+          else if (e.id === id) print(e);
+        });
+        const started = await m.start(request);
+        id = started.id;
+        for (const e of pending.splice(0)) if (e.id === id) print(e);
+        // Ctrl-C cancels cleanly while cancel is allowed; QEMU is never just killed.
+        const onSigint = (): void => {
+          void m.cancel(started.id).then((r) => {
+            if (!o.json) say(r.accepted ? '\ncancelling…' : `\ncannot cancel: ${r.reason}`);
+          });
+        };
+        process.on('SIGINT', onSigint);
+        try {
+          const summary = await started.done;
+          if (summary.status !== 'completed') throw new ExitWith(summary.status === 'refused' ? 2 : 1);
+        } finally {
+          process.off('SIGINT', onSigint);
+          off();
+        }
+      },
+    );
+
+  program
+    .command('cancel <id>')
+    .description('cancel a queued or running move (refused once phase 3 is over)')
+    .action(async (id: string) => {
+      const r = await manager().cancel(id);
+      if (!r.accepted) throw new FerryError('cancel-refused', `cannot cancel ${id}: ${r.reason}`);
+      say(`cancel requested for ${id}`);
+    });
+
+  program
+    .command('migrations')
+    .description('the history of moves, newest first')
+    .option('--json', 'JSON on stdout')
+    .action(async (o: { json?: boolean }) => {
+      const list = await manager().history.list();
+      if (o.json) return json(list.map(({ samples: _s, ...rest }) => rest));
+      if (list.length === 0) return say('no moves yet');
+      io.out(
+        table([
+          ['ID', 'VM', 'FROM', 'TO', 'STATUS', 'TIME', 'DOWNTIME', 'OPTION', 'REASON'],
+          ...list.map((r) => [
+            r.id,
+            r.vm,
+            r.from,
+            r.to,
+            r.status,
+            r.summary ? `${(r.summary.totalMs / 1000).toFixed(1)} s` : '',
+            r.summary?.downtimeMs != null ? `${r.summary.downtimeMs} ms` : '',
+            r.options?.performance ?? '',
+            r.reason ?? '',
+          ]),
+        ]),
+      );
+    });
+
+  program
+    .command('queue')
+    .description('moves running and waiting for a slot')
+    .option('--json', 'JSON on stdout')
+    .action(async (o: { json?: boolean }) => {
+      const q = await manager().queue();
+      if (o.json) return json(q);
+      if (q.length === 0) return say('no moves running or queued');
+      io.out(
+        table([
+          ['ID', 'VM', 'FROM', 'TO', 'STATE', 'POSITION'],
+          ...q.map((e) => [e.id, e.vm, e.from, e.to, e.state, e.position ? String(e.position) : '']),
+        ]),
+      );
+    });
+
+  host
+    .command('settings <host>')
+    .description("show or change a host's settings (Hyper-V Settings)")
+    .option('--set <key=value...>', 'change settings, e.g. --set performance=tcp bandwidthMiBs=100')
+    .option('--json', 'JSON on stdout')
+    .action(async (name: string, o: { set?: string[]; json?: boolean }) => {
+      const h = await inv.host(name);
+      let settings = await h.settings();
+      if (o.set?.length) {
+        let patch: Partial<HostSettings> = {};
+        for (const kv of o.set) {
+          const eq = kv.indexOf('=');
+          if (eq <= 0) throw new FerryError('bad-input', `--set takes key=value, not "${kv}"`);
+          patch = { ...patch, ...parseSetting(kv.slice(0, eq), kv.slice(eq + 1)) };
+        }
+        settings = await h.updateSettings(patch);
+        if (!o.json) say(`updated ${Object.keys(patch).join(', ')} on ${name}`);
+      }
+      if (o.json) return json(settings);
+      io.out(
+        table(
+          Object.entries(settings).map(([k, v]) => [
+            k,
+            v === null ? 'none' : Array.isArray(v) ? v.join(', ') : String(v),
+          ]),
+        ),
+      );
+    });
+}

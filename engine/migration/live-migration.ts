@@ -1,0 +1,356 @@
+// The seed's six phases of a live migration, on real QEMU, orchestrated across two hosts through the
+// host seam (libvirt's Begin → Prepare → Perform → Finish → Confirm):
+//
+//   1 Setup           Begin on the source, Prepare on the destination (skeleton VM, memory, listener)
+//   2 Memory pages    pre-copy passes while the VM runs (Perform)
+//   3 Modified pages  the source pauses at pre-switchover; the last dirty pages and device state move
+//   4 Storage handle  the destination holds the disks, the source has let go of them
+//   5 Online          the VM resumes on the destination (Finish); its heartbeat proves it
+//   6 Network cleanup announce the VM's MACs from the destination; tear down the source (Confirm)
+//
+// Until phase 3 ends any failure or cancel rolls back to the VM running on the source. After it, the
+// only way is forward: the destination is never left without the VM, the source never resumes once
+// the destination ran. So there is always exactly one running copy.
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  FerryError,
+  PHASES,
+  type MigrationEvent,
+  type MoveOptions,
+  type MoveRequestParsed,
+  type PhaseName,
+  type Sample,
+  type Summary,
+  type VmConfig,
+} from '../api/index.js';
+import type { HostDriver, OutgoingStats } from '../host/driver.js';
+import { parseLabGuestSerial } from '../host/lab-guest.js';
+import { planMigration } from '../qemu/migration.js';
+import { ConvergenceWatch } from './convergence.js';
+
+/** Without events in between, samples go out this often (the console draws ≥ 4 a second). */
+const SAMPLE_MS = 250;
+/** How often QEMU is asked, so a pre-switchover pause is answered at once. */
+const POLL_MS = 25;
+/** Bytes sent not growing for this long while QEMU says "active" is a stalled link. */
+const STALL_MS = 5000;
+
+export type EventSink = (e: DistributiveOmit<MigrationEvent, 'at' | 'id'>) => void;
+type DistributiveOmit<T, K extends keyof never> = T extends unknown ? Omit<T, K> : never;
+
+export interface MoveContext {
+  id: string;
+  request: MoveRequestParsed;
+  vm: VmConfig;
+  options: MoveOptions;
+  source: HostDriver;
+  dest: HostDriver;
+  emit: EventSink;
+  /** Ms since the move was started (event times are relative to it). */
+  now: () => number;
+  cancelRequested: () => boolean;
+  /** Called as each phase starts, so the manager can refuse a cancel after phase 3. */
+  onPhase: (phase: number) => void;
+}
+
+class Cancelled extends Error {}
+
+export async function liveMigration(ctx: MoveContext): Promise<Summary> {
+  const { source, dest, vm, options } = ctx;
+  const name = vm.name;
+  const timings = new Map<number, { start: number; end: number | null }>();
+  const warnings: string[] = [];
+  let current = 0;
+  const begin = (phase: number): void => {
+    if (current) end(current);
+    current = phase;
+    ctx.onPhase(phase);
+    timings.set(phase, { start: ctx.now(), end: null });
+    ctx.emit({ type: 'phase', phase, name: phaseName(phase), state: 'started', ms: null });
+  };
+  const end = (phase: number): void => {
+    const t = timings.get(phase);
+    if (!t || t.end !== null) return;
+    t.end = ctx.now();
+    ctx.emit({ type: 'phase', phase, name: phaseName(phase), state: 'completed', ms: t.end - t.start });
+  };
+  const checkCancel = (): void => {
+    if (ctx.cancelRequested()) throw new Cancelled('cancelled by the administrator');
+  };
+
+  let begun = false;
+  let prepared = false;
+  let completed = false; // QEMU finished sending: from here on, never roll back to the source
+  let destRunning = false;
+  let last: OutgoingStats | null = null;
+  let stoppedAt: number | null = null;
+  let resumedAt: number | null = null;
+  const plan = planMigration(options);
+
+  try {
+    // ---- 1 Setup --------------------------------------------------------------------------------
+    begin(1);
+    await source.beginOutgoing(name, ctx.id, dest.name);
+    begun = true;
+    checkCancel();
+    const { uri } = await dest.prepareIncoming({
+      migrationId: ctx.id,
+      config: vm,
+      capabilities: plan.destCapabilities,
+      parameters: plan.destParameters,
+      scheme: plan.scheme,
+    });
+    prepared = true;
+    ctx.emit({
+      type: 'log',
+      level: 'info',
+      message: `${dest.name} is listening on ${uri}; skeleton VM started with ${vm.memoryMiB} MiB allocated`,
+    });
+    checkCancel();
+
+    // ---- 2 Memory pages -------------------------------------------------------------------------
+    begin(2);
+    await source.startOutgoing(name, {
+      capabilities: plan.sourceCapabilities,
+      parameters: plan.sourceParameters,
+      uri,
+    });
+    const watch = new ConvergenceWatch(options);
+    let lastSampleAt = -Infinity;
+    let lastBytes = 0;
+    let lastGrowthAt = ctx.now();
+    let prevSample: { at: number; bytes: number } | null = null;
+    for (;;) {
+      checkCancel();
+      const st = await source.outgoingStats(name);
+      last = st;
+      const t = ctx.now();
+      if (st.transferred > lastBytes) {
+        lastBytes = st.transferred;
+        lastGrowthAt = t;
+      }
+      if (t - lastSampleAt >= SAMPLE_MS || st.status !== 'active') {
+        const rate =
+          prevSample && t > prevSample.at
+            ? (st.transferred - prevSample.bytes) / ((t - prevSample.at) / 1000) / 1048576
+            : 0;
+        prevSample = { at: t, bytes: st.transferred };
+        lastSampleAt = t;
+        ctx.emit({ type: 'sample', sample: sampleOf(st, t, current, rate) });
+      }
+      if (st.status === 'pre-switchover' || st.status === 'device' || st.status === 'completed') break;
+      if (st.status === 'failed' || st.status === 'cancelled') {
+        throw new FerryError(
+          'migration-failed',
+          `QEMU reports the migration ${st.status}${st.error ? `: ${st.error}` : ''}`,
+        );
+      }
+      if (st.status === 'active' && t - lastGrowthAt > STALL_MS) {
+        throw new FerryError(
+          'migration-failed',
+          `the migration stalled: no bytes sent for ${Math.round((t - lastGrowthAt) / 1000)} s (link down or peer frozen)`,
+        );
+      }
+      if (st.status === 'active') {
+        const action = watch.observe(st);
+        if (action.kind === 'raise-downtime') {
+          await source.setOutgoingParameters(name, { 'downtime-limit': action.downtimeMs });
+          ctx.emit({ type: 'escalation', step: 'raise-downtime', message: action.message });
+        } else if (action.kind === 'postcopy') {
+          ctx.emit({ type: 'escalation', step: 'postcopy', message: action.message });
+          await source.startPostcopy(name);
+        } else if (action.kind === 'throttle') {
+          ctx.emit({ type: 'escalation', step: 'throttle', message: action.message });
+        } else if (action.kind === 'abort') {
+          ctx.emit({ type: 'escalation', step: 'abort', message: action.message });
+          throw new FerryError('migration-failed', action.message);
+        }
+      }
+      await sleep(POLL_MS);
+    }
+
+    // ---- 3 Modified pages -----------------------------------------------------------------------
+    // The source's vCPUs are paused (pause-before-switchover): Ferry holds the cut-over moment.
+    begin(3);
+    checkCancel();
+    await source.continueOutgoing(name);
+    let postcopy = false;
+    for (;;) {
+      const st = await source.outgoingStats(name);
+      last = st;
+      if (st.status === 'completed') break;
+      if (st.status === 'postcopy-active') {
+        postcopy = true;
+        break;
+      }
+      if (st.status === 'failed' || st.status === 'cancelled') {
+        throw new FerryError(
+          'migration-failed',
+          `QEMU reports the migration ${st.status} during the final copy${st.error ? `: ${st.error}` : ''}`,
+        );
+      }
+      await sleep(5);
+    }
+    completed = true;
+    stoppedAt = last.stoppedAt;
+    ctx.emit({ type: 'sample', sample: sampleOf(last, ctx.now(), 3, 0) });
+
+    // ---- 4 Storage handle -----------------------------------------------------------------------
+    begin(4);
+    let handle = await dest.storageHandle(name);
+    const deadline = Date.now() + 30_000;
+    while (handle.runState === 'inmigrate' && Date.now() < deadline) {
+      await sleep(10);
+      handle = await dest.storageHandle(name);
+    }
+    if (handle.runState === 'inmigrate')
+      throw new FerryError('migration-failed', `${dest.name} never finished loading the VM's state`);
+    const missing = handle.disks.filter((d) => !d.attached || !d.writable);
+    if (missing.length > 0) {
+      throw new FerryError(
+        'migration-failed',
+        `${dest.name} did not take over ${missing.map((d) => d.id).join(', ')} (not attached or read-only)`,
+      );
+    }
+    if (handle.disks.length > 0) {
+      ctx.emit({
+        type: 'log',
+        level: 'info',
+        message: `${dest.name} holds ${handle.disks.map((d) => `${d.id} (${d.file})`).join(', ')}; ${source.name} has inactivated them`,
+      });
+    }
+
+    // ---- 5 Online -------------------------------------------------------------------------------
+    begin(5);
+    ({ resumedAt } = await dest.finishIncoming(name));
+    destRunning = true;
+    if (postcopy) {
+      // The rest of memory follows on demand; the move is over when the source has sent it all.
+      for (;;) {
+        const st = await source.outgoingStats(name);
+        last = st;
+        if (st.status === 'completed') break;
+        if (st.status === 'failed')
+          throw new FerryError(
+            'migration-failed',
+            `post-copy failed after the switch-over: ${st.error ?? 'unknown'}`,
+          );
+        await sleep(POLL_MS);
+      }
+    }
+    if (vm.labGuest) {
+      const beat = await waitForHeartbeat(dest, name, vm.labGuest);
+      if (beat)
+        ctx.emit({
+          type: 'log',
+          level: 'info',
+          message: `heartbeat on ${dest.name}: pass ${beat.pass}, errors ${beat.errors}`,
+        });
+      else warnings.push(`no heartbeat from the lab guest on ${dest.name} yet`);
+      if (beat && beat.errors > 0) warnings.push(`the lab guest reports ${beat.errors} memory errors`);
+    }
+
+    // ---- 6 Network cleanup ----------------------------------------------------------------------
+    begin(6);
+    await dest.announce(name).catch((e: Error) => warnings.push(`announce-self failed: ${e.message}`));
+    // QEMU fills in its own downtime figure a moment after completion: read it before the source goes.
+    last = await source.outgoingStats(name).catch(() => last);
+    await source.confirmOutgoing(name);
+    end(6);
+    return summary(ctx, 'completed', null, timings, last, stoppedAt, resumedAt, warnings);
+  } catch (err) {
+    const cancelled = err instanceof Cancelled;
+    const reason = cancelled ? 'cancelled by the administrator' : (err as Error).message;
+    if (current) end(current);
+    if (destRunning) {
+      // The VM runs on the destination: finish forward, never resume the source.
+      warnings.push(`after the switch-over: ${reason}`);
+      await source
+        .confirmOutgoing(name)
+        .catch((e: Error) => warnings.push(`source clean-up failed: ${e.message}`));
+      return summary(ctx, 'completed', null, timings, last, stoppedAt, resumedAt, warnings);
+    }
+    // Roll back: the VM keeps (or resumes) running on the source; the destination forgets it.
+    if (prepared)
+      await dest
+        .abortIncoming(name)
+        .catch((e: Error) => warnings.push(`destination clean-up failed: ${e.message}`));
+    if (begun) {
+      const back = completed ? source.resumeSource(name) : source.cancelOutgoing(name);
+      await back.catch((e: Error) =>
+        warnings.push(`the source did not take the VM back cleanly: ${e.message}`),
+      );
+    }
+    return summary(ctx, cancelled ? 'cancelled' : 'failed', reason, timings, last, stoppedAt, null, warnings);
+  }
+}
+
+function phaseName(phase: number): PhaseName {
+  return PHASES[phase - 1]!.name;
+}
+
+function sampleOf(st: OutgoingStats, at: number, phase: number, throughputMiBs: number): Sample {
+  return {
+    at,
+    phase: Math.max(1, phase),
+    pass: st.passes,
+    bytesSent: st.transferred,
+    remainingBytes: st.remaining,
+    totalBytes: st.total,
+    dirtyBytesPerSec: st.dirtyPagesRate * st.pageSize,
+    throughputMiBs: Math.round(throughputMiBs * 10) / 10,
+    expectedDowntimeMs: st.expectedDowntimeMs,
+    throttlePct: st.throttlePct,
+    downtimeLimitMs: st.downtimeLimitMs,
+  };
+}
+
+async function waitForHeartbeat(
+  host: HostDriver,
+  name: string,
+  lab: NonNullable<VmConfig['labGuest']>,
+): Promise<{ pass: number; errors: number } | null> {
+  const period = lab.dirtyRateMiBs > 0 ? (lab.workingSetMiB * 1000) / lab.dirtyRateMiBs : 0;
+  const deadline = Date.now() + Math.max(3000, 2 * period + 1000);
+  while (Date.now() < deadline) {
+    const r = parseLabGuestSerial((await host.readSerial(name, 0)).text);
+    const hb = r.heartbeats.at(-1);
+    if (hb) return { pass: hb.pass, errors: hb.errors + r.mismatches.length };
+    await sleep(50);
+  }
+  return null;
+}
+
+function summary(
+  ctx: MoveContext,
+  status: Summary['status'],
+  reason: string | null,
+  timings: Map<number, { start: number; end: number | null }>,
+  last: OutgoingStats | null,
+  stoppedAt: number | null,
+  resumedAt: number | null,
+  warnings: string[],
+): Summary {
+  return {
+    type: 'summary',
+    id: ctx.id,
+    status,
+    reason,
+    vm: ctx.vm.name,
+    from: ctx.source.name,
+    to: ctx.dest.name,
+    kind: 'live',
+    options: ctx.options,
+    totalMs: ctx.now(),
+    downtimeMs: stoppedAt !== null && resumedAt !== null ? resumedAt - stoppedAt : null,
+    qemuDowntimeMs: last?.downtimeMs || null,
+    bytes: last?.transferred ?? 0,
+    passes: last?.passes ?? 0,
+    storageCopyMs: null,
+    phases: PHASES.map((p) => {
+      const t = timings.get(p.phase);
+      return { phase: p.phase, name: p.name, ms: t && t.end !== null ? t.end - t.start : null };
+    }),
+    warnings,
+  };
+}

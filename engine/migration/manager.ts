@@ -1,0 +1,290 @@
+// Starts, queues, cancels and records moves, and fans their events out to every listener (the CLI,
+// the desktop app's IPC, the web mode's WebSocket). Knows nothing of those transports.
+import path from 'node:path';
+import { z } from 'zod';
+import {
+  FerryError,
+  MoveRequestSchema,
+  PHASES,
+  type MigrationEvent,
+  type MigrationRecord,
+  type MoveRequest,
+  type MoveRequestParsed,
+  type PreflightReport,
+  type QueueEntry,
+  type Summary,
+} from '../api/index.js';
+import type { HostDriver } from '../host/driver.js';
+import type { Inventory } from '../host/inventory.js';
+import { History } from './history.js';
+import { liveMigration, type EventSink } from './live-migration.js';
+import { preflight } from './preflight.js';
+import { QueueCancelled, Scheduler } from './scheduler.js';
+
+export type Listener = (e: MigrationEvent) => void;
+
+export interface StartedMove {
+  id: string;
+  /** Resolves with the final summary (also for refused, failed and cancelled moves). */
+  done: Promise<Summary>;
+}
+
+/** How often a running move's record is written while samples arrive. */
+const PERSIST_MS = 1000;
+
+export class MigrationManager {
+  readonly history: History;
+  readonly scheduler: Scheduler;
+  private readonly listeners = new Set<Listener>();
+  /** Moves run by this process: their phase, and whether a cancel was asked for. */
+  private readonly local = new Map<string, { phase: number; cancel: boolean; queued: boolean }>();
+
+  constructor(private readonly inv: Inventory) {
+    this.history = new History(path.join(inv.home, 'migrations'));
+    this.scheduler = new Scheduler(inv.home, async (host) => {
+      const s = await (await inv.host(host)).settings();
+      return { live: s.maxLiveMigrations, storage: s.maxStorageMigrations };
+    });
+  }
+
+  subscribe(fn: Listener): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  private parse(input: MoveRequest): MoveRequestParsed {
+    const parsed = MoveRequestSchema.safeParse(input);
+    if (!parsed.success) throw new FerryError('bad-input', z.prettifyError(parsed.error));
+    return parsed.data;
+  }
+
+  private async hosts(req: MoveRequestParsed): Promise<{ source: HostDriver; dest: HostDriver }> {
+    const source = await this.inv.locate(req.vm);
+    if (req.kind === 'storage') return { source, dest: source };
+    if (!req.to) throw new FerryError('bad-input', 'a live migration needs a destination host (--to HOST)');
+    return { source, dest: await this.inv.host(req.to) };
+  }
+
+  /** The pre-flight report alone, without moving anything. */
+  async check(input: MoveRequest): Promise<PreflightReport> {
+    const req = this.parse(input);
+    const { source, dest } = await this.hosts(req);
+    return (await preflight(req, source, dest)).report;
+  }
+
+  /** Starts a move (it may wait in the queue first). Refusals come back as a summary, not a throw. */
+  async start(input: MoveRequest): Promise<StartedMove> {
+    const req = this.parse(input);
+    const { source, dest } = await this.hosts(req);
+    const id = this.history.newId();
+    const t0 = Date.now();
+    const now = (): number => Date.now() - t0;
+    const rec: MigrationRecord = {
+      id,
+      vm: req.vm,
+      from: source.name,
+      to: dest.name,
+      kind: req.kind,
+      request: req,
+      status: 'running',
+      reason: null,
+      requestedAt: new Date(t0).toISOString(),
+      startedAt: null,
+      endedAt: null,
+      phase: 0,
+      pass: 0,
+      options: null,
+      preflight: null,
+      phases: PHASES.map((p) => ({ phase: p.phase, name: p.name, startedAt: null, endedAt: null })),
+      samples: [],
+      events: [],
+      summary: null,
+    };
+    const state = { phase: 0, cancel: false, queued: false };
+    this.local.set(id, state);
+    let lastPersist = 0;
+    const persist = async (force = false): Promise<void> => {
+      if (!force && Date.now() - lastPersist < PERSIST_MS) return;
+      lastPersist = Date.now();
+      await this.history.save(rec);
+    };
+    const emit: EventSink = (partial) => {
+      const e = { ...partial, id, at: now() } as MigrationEvent;
+      record(rec, e);
+      for (const l of this.listeners) l(e);
+      void persist(e.type !== 'sample').catch(() => undefined);
+    };
+    await this.history.save(rec);
+
+    const run = async (): Promise<Summary> => {
+      try {
+        const { report, options, vm } = await preflight(req, source, dest);
+        rec.preflight = report;
+        rec.options = options;
+        if (report.errors.length > 0) {
+          return refused(id, req, source.name, dest.name, report, now());
+        }
+        for (const w of report.warnings) emit({ type: 'log', level: 'warn', message: w.message });
+        state.queued = true;
+        rec.status = 'queued';
+        await this.scheduler.acquire(
+          { id, vm: req.vm, from: source.name, to: dest.name, kind: req.kind },
+          {
+            onQueued: (position) =>
+              emit({ type: 'queued', vm: req.vm, from: source.name, to: dest.name, position }),
+            cancelled: () => this.cancelRequested(id),
+          },
+        );
+        state.queued = false;
+        rec.status = 'running';
+        rec.startedAt = new Date().toISOString();
+        emit({ type: 'started', vm: req.vm, from: source.name, to: dest.name, kind: req.kind, options });
+        return await liveMigration({
+          id,
+          request: req,
+          vm,
+          options,
+          source,
+          dest,
+          emit,
+          now,
+          cancelRequested: () => this.cancelRequested(id),
+          onPhase: (phase) => {
+            state.phase = phase;
+            void this.scheduler.setPhase(id, phase).catch(() => undefined);
+          },
+        });
+      } catch (err) {
+        if (err instanceof QueueCancelled)
+          return ended(id, req, source.name, dest.name, 'cancelled', 'cancelled while queued', now());
+        return ended(id, req, source.name, dest.name, 'failed', (err as Error).message, now());
+      } finally {
+        await this.scheduler.release(id).catch(() => undefined);
+      }
+    };
+
+    const done = run().then(async (s) => {
+      emit(s);
+      rec.summary = s;
+      rec.status = s.status;
+      rec.reason = s.reason;
+      rec.endedAt = new Date().toISOString();
+      await persist(true);
+      await this.history.clearCancel(id);
+      this.local.delete(id);
+      return s;
+    });
+    return { id, done };
+  }
+
+  private cancelRequested(id: string): boolean {
+    return (this.local.get(id)?.cancel ?? false) || this.history.cancelRequested(id);
+  }
+
+  /**
+   * Cancels a queued or running move, from this process or any other sharing FERRY_HOME. Refused once
+   * phase 3 is over: the VM then already runs on the destination.
+   */
+  async cancel(id: string): Promise<{ id: string; accepted: boolean; reason: string | null }> {
+    const mine = this.local.get(id);
+    let phase: number;
+    let status: string;
+    if (mine) {
+      phase = mine.phase;
+      status = mine.queued ? 'queued' : 'running';
+    } else {
+      const rec = await this.history.get(id);
+      const q = (await this.scheduler.list()).find((e) => e.id === id);
+      phase = q?.phase ?? rec.phase;
+      status = q ? q.state : rec.status;
+    }
+    if (status !== 'running' && status !== 'queued') {
+      return { id, accepted: false, reason: `the move is already over (${status})` };
+    }
+    if (phase > 3) {
+      return {
+        id,
+        accepted: false,
+        reason: `phase ${phase} (${PHASES[phase - 1]!.title}) has begun: the VM already runs on the destination, so the move can no longer be cancelled`,
+      };
+    }
+    if (mine) mine.cancel = true;
+    else await this.history.requestCancel(id);
+    return { id, accepted: true, reason: null };
+  }
+
+  queue(): Promise<QueueEntry[]> {
+    return this.scheduler.list();
+  }
+}
+
+/** Keeps the record in step with the events: phases, samples, escalations and log lines. */
+function record(rec: MigrationRecord, e: MigrationEvent): void {
+  switch (e.type) {
+    case 'phase': {
+      const p = rec.phases[e.phase - 1]!;
+      if (e.state === 'started') {
+        p.startedAt = e.at;
+        rec.phase = e.phase;
+      } else p.endedAt = e.at;
+      break;
+    }
+    case 'sample':
+      rec.samples.push(e.sample);
+      rec.pass = e.sample.pass;
+      break;
+    case 'escalation':
+      rec.events.push({ at: e.at, type: `escalation:${e.step}`, message: e.message });
+      break;
+    case 'log':
+      rec.events.push({ at: e.at, type: e.level, message: e.message });
+      break;
+    case 'queued':
+      rec.events.push({ at: e.at, type: 'queued', message: `queued at position ${e.position}` });
+      break;
+    default:
+      break;
+  }
+}
+
+function ended(
+  id: string,
+  req: MoveRequestParsed,
+  from: string,
+  to: string,
+  status: Summary['status'],
+  reason: string,
+  totalMs: number,
+): Summary {
+  return {
+    type: 'summary',
+    id,
+    status,
+    reason,
+    vm: req.vm,
+    from,
+    to,
+    kind: req.kind,
+    options: null,
+    totalMs,
+    downtimeMs: null,
+    qemuDowntimeMs: null,
+    bytes: 0,
+    passes: 0,
+    storageCopyMs: null,
+    phases: PHASES.map((p) => ({ phase: p.phase, name: p.name, ms: null })),
+    warnings: [],
+  };
+}
+
+function refused(
+  id: string,
+  req: MoveRequestParsed,
+  from: string,
+  to: string,
+  report: PreflightReport,
+  totalMs: number,
+): Summary {
+  const reason = report.errors.map((e) => e.message).join('; ');
+  return ended(id, req, from, to, 'refused', reason, totalMs);
+}

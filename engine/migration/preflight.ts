@@ -1,0 +1,285 @@
+// Pre-flight checks before any live migration (the seed's Q1-Q7, R6 and the hosts' settings), as a
+// report of blocking errors and warnings. Gathering talks to both hosts; judging is a pure function.
+import crypto from 'node:crypto';
+import path from 'node:path';
+import {
+  type CheckItem,
+  type HostFacts,
+  type HostSettings,
+  type MoveOptions,
+  type MoveRequestParsed,
+  type PreflightReport,
+  type VmConfig,
+  type VmSummary,
+} from '../api/index.js';
+import type { HostDriver } from '../host/driver.js';
+import { planMigration } from '../qemu/migration.js';
+
+export interface HostView {
+  name: string;
+  facts: HostFacts;
+  settings: HostSettings;
+  migrationAddress: string;
+}
+
+/** Everything the judgement needs, gathered from both hosts. */
+export interface PreflightInput {
+  request: MoveRequestParsed;
+  vm: VmConfig;
+  vmState: VmSummary['state'];
+  source: HostView;
+  dest: HostView;
+  destHasVm: boolean;
+  options: MoveOptions;
+  /** Per disk: can the destination reach the very same file (not just the same path)? */
+  sharedStorage: { id: string; path: string; inRoots: boolean; sameFile: boolean; why: string }[];
+}
+
+/** Settings and per-move overrides → the options a move runs with. */
+export function resolveOptions(req: MoveRequestParsed, s: HostSettings, src: HostFacts): MoveOptions {
+  const performance = req.performance ?? s.performance;
+  const compression =
+    performance !== 'compression' ? null : src.multifdCompression.includes('zstd') ? 'zstd' : 'zlib';
+  const downtimeMs = req.downtimeMs ?? s.downtimeMs;
+  return {
+    performance,
+    channels: req.channels ?? s.channels,
+    bandwidthMiBs: req.bandwidthMiBs ?? s.bandwidthMiBs,
+    downtimeMs,
+    downtimeCeilingMs: Math.max(downtimeMs, s.downtimeCeilingMs),
+    convergence: req.convergence ?? s.convergence,
+    compression,
+  };
+}
+
+function compareVersions(a: string, b: string): number {
+  const pa = a.split('.').map(Number);
+  const pb = b.split('.').map(Number);
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const d = (pa[i] ?? 0) - (pb[i] ?? 0);
+    if (d !== 0) return d;
+  }
+  return 0;
+}
+
+/** Whether an IPv4 address lies in a CIDR subnet (or equals a plain address). */
+export function inNetwork(address: string, network: string): boolean {
+  const [base, bitsText] = network.split('/');
+  if (bitsText === undefined) return address === base;
+  const toInt = (ip: string): number | null => {
+    const parts = ip.split('.').map(Number);
+    if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) return null;
+    return ((parts[0]! << 24) | (parts[1]! << 16) | (parts[2]! << 8) | parts[3]!) >>> 0;
+  };
+  const a = toInt(address);
+  const b = toInt(base ?? '');
+  const bits = Number(bitsText);
+  if (a === null || b === null || !Number.isInteger(bits) || bits < 0 || bits > 32) return false;
+  const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
+  return (a & mask) === (b & mask);
+}
+
+export function judge(i: PreflightInput): PreflightReport {
+  const errors: CheckItem[] = [];
+  const warnings: CheckItem[] = [];
+  const err = (code: string, message: string): void => void errors.push({ code, message });
+  const warn = (code: string, message: string): void => void warnings.push({ code, message });
+  const { source: s, dest: d, vm } = i;
+
+  if (s.name === d.name) err('same-host', `${vm.name} is already on ${d.name}; choose another destination`);
+  if (i.vmState !== 'running' && i.vmState !== 'paused') {
+    err('vm-not-running', `${vm.name} is ${i.vmState}; a live migration moves a running VM (start it first)`);
+  }
+  if (i.destHasVm) err('duplicate-vm', `a VM named "${vm.name}" already exists on ${d.name}`);
+
+  // Settings of both hosts (Hyper-V Settings → Live Migrations).
+  if (!s.settings.liveMigrationEnabled)
+    err('migration-disabled-source', `outgoing live migrations are disabled on ${s.name}`);
+  if (!d.settings.liveMigrationEnabled)
+    err('migration-disabled-destination', `incoming live migrations are disabled on ${d.name}`);
+  const nets = d.settings.incomingNetworks;
+  if (nets !== 'any' && !nets.some((n) => inNetwork(d.migrationAddress, n))) {
+    err(
+      'network-not-accepted',
+      `${d.name} accepts incoming migrations only on ${nets.join(', ')}, not on its migration address ${d.migrationAddress}`,
+    );
+  }
+
+  // Q1: both hosts run VMs with the same kind of accelerator.
+  if (s.facts.accel !== d.facts.accel) {
+    err(
+      'accelerator-mismatch',
+      `${s.name} runs VMs with ${s.facts.accel}, ${d.name} with ${d.facts.accel}; both must use the same accelerator`,
+    );
+  }
+  for (const h of [s, d]) {
+    if (!h.facts.hardwareVirtualization) {
+      warn(
+        'no-hardware-virtualization',
+        `${h.name} has no hardware virtualization (${h.facts.accelNote}): the VM works there, slowly`,
+      );
+    }
+  }
+  // Q2: same CPU maker, and the VM's CPU model exists on the destination.
+  if (s.facts.cpuVendor !== d.facts.cpuVendor) {
+    err(
+      'cpu-vendor-mismatch',
+      `${s.name} has ${s.facts.cpuVendor} processors, ${d.name} has ${d.facts.cpuVendor}; both must be of the same maker`,
+    );
+  }
+  if (!d.facts.cpuModels.includes(vm.cpuModel)) {
+    err('cpu-model-unsupported', `the VM's CPU model ${vm.cpuModel} is not available on ${d.name}`);
+  }
+  // Q4: virtual disks only (a host block or character device is a pass-through disk).
+  for (const disk of vm.disks) {
+    if (disk.path.startsWith('/dev/')) {
+      err(
+        'passthrough-disk',
+        `${disk.id} is a physical pass-through disk (${disk.path}); live migration needs virtual disks`,
+      );
+    }
+  }
+  // Q6: shared storage: every file reachable by the destination, and the same file.
+  if (!i.request.includeStorage) {
+    for (const sh of i.sharedStorage) {
+      if (!sh.inRoots)
+        err(
+          'storage-not-allowed',
+          `${d.name} is not allowed to reach ${sh.path} (${sh.id}): it is outside its storage roots`,
+        );
+      else if (!sh.sameFile)
+        err('storage-not-shared', `${d.name} does not see the same ${sh.id} at ${sh.path}: ${sh.why}`);
+    }
+  }
+  // R6: same QEMU version or newer, with the VM's machine type.
+  if (compareVersions(d.facts.qemuVersion, s.facts.qemuVersion) < 0) {
+    err(
+      'older-destination',
+      `${d.name} runs QEMU ${d.facts.qemuVersion}, older than ${s.name}'s ${s.facts.qemuVersion}; moving to an older version is not supported`,
+    );
+  }
+  if (!d.facts.machineTypes.includes(vm.machineType)) {
+    err(
+      'machine-type-unsupported',
+      `${d.name} (QEMU ${d.facts.qemuVersion}) does not support the VM's configuration version ${vm.machineType}`,
+    );
+  }
+  // Memory on the destination, beyond what it keeps for itself.
+  const free = d.facts.memFreeMiB - d.settings.reservedMemoryMiB;
+  if (vm.memoryMiB > free)
+    err(
+      'insufficient-memory',
+      `${vm.name} needs ${vm.memoryMiB} MiB; ${d.name} has ${Math.max(0, free)} MiB available`,
+    );
+
+  // The performance option and convergence policy.
+  const o = i.options;
+  if (o.performance === 'rdma' && !(s.facts.rdma && d.facts.rdma)) {
+    err(
+      'rdma-unavailable',
+      `RDMA needs RDMA-capable links on both hosts (${[s, d]
+        .filter((h) => !h.facts.rdma)
+        .map((h) => h.name)
+        .join(' and ')} ${[s, d].filter((h) => !h.facts.rdma).length > 1 ? 'have' : 'has'} none)`,
+    );
+  }
+  try {
+    planMigration(o);
+  } catch (e) {
+    err('options-conflict', (e as Error).message);
+  }
+  if (o.performance === 'compression' && o.compression === 'zlib') {
+    warn(
+      'zstd-missing',
+      `zstd is not available in ${s.name}'s QEMU: Compression uses zlib, which is CPU-bound`,
+    );
+  }
+  if (o.performance === 'compression' && !d.facts.multifdCompression.includes(o.compression ?? 'zstd')) {
+    err('compression-unsupported', `${d.name}'s QEMU cannot decompress ${o.compression}`);
+  }
+  return { errors, warnings };
+}
+
+async function hostView(h: HostDriver): Promise<HostView> {
+  const [facts, settings] = await Promise.all([h.facts(), h.settings()]);
+  return { name: h.name, facts, settings, migrationAddress: h.record.migrationAddress };
+}
+
+function underRoots(file: string, roots: string[]): boolean {
+  return roots.some((r) => {
+    const rel = path.relative(path.resolve(r), path.resolve(file));
+    return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+  });
+}
+
+/**
+ * Q6 by file identity: the source leaves a random marker beside each disk and the destination must
+ * read it back at the same path, so two different folders that merely share a name do not pass.
+ */
+async function checkSharedStorage(
+  vm: VmConfig,
+  source: HostDriver,
+  dest: HostDriver,
+  destRoots: string[],
+): Promise<PreflightInput['sharedStorage']> {
+  const out: PreflightInput['sharedStorage'] = [];
+  for (const disk of vm.disks) {
+    const inRoots = underRoots(disk.path, destRoots);
+    const [seen] = await dest.statFiles([disk.path]);
+    if (!seen?.exists) {
+      out.push({
+        id: disk.id,
+        path: disk.path,
+        inRoots,
+        sameFile: false,
+        why: 'the file does not exist there',
+      });
+      continue;
+    }
+    const token = crypto.randomBytes(16).toString('hex');
+    const marker = await source.writeMarker(path.dirname(disk.path), token);
+    try {
+      const read = await dest.readMarker(marker);
+      out.push({
+        id: disk.id,
+        path: disk.path,
+        inRoots,
+        sameFile: read === token,
+        why:
+          read === token
+            ? ''
+            : 'the folder there is different storage (a marker written by the source is not visible)',
+      });
+    } finally {
+      await source.removeFile(marker);
+    }
+  }
+  return out;
+}
+
+export async function preflight(
+  request: MoveRequestParsed,
+  source: HostDriver,
+  dest: HostDriver,
+): Promise<{ report: PreflightReport; options: MoveOptions; vm: VmConfig }> {
+  const [vm, info, s, d, destHasVm] = await Promise.all([
+    source.vmConfig(request.vm),
+    source.vmInfo(request.vm),
+    hostView(source),
+    hostView(dest),
+    dest.hasVm(request.vm),
+  ]);
+  const options = resolveOptions(request, s.settings, s.facts);
+  const sharedStorage = await checkSharedStorage(vm, source, dest, d.settings.storageRoots);
+  const report = judge({
+    request,
+    vm,
+    vmState: info.state,
+    source: s,
+    dest: d,
+    destHasVm,
+    options,
+    sharedStorage,
+  });
+  return { report, options, vm };
+}
