@@ -2,3 +2,4 @@
 export * from './errors.js';
 export * from './model.js';
 export * from './migration.js';
+export * from './contract.js';

@@ -5,6 +5,7 @@ import { registerMigrationCommands } from './migrate.js';
 import { ExitWith, int, table } from './util.js';
 import { FerryError, isFerryError, type DiskRequest, type VmSummary } from '../api/index.js';
 import { Inventory } from '../host/inventory.js';
+import { ApiService } from '../service/api-service.js';
 
 /** Exit codes: 0 done, 1 failed while doing it, 2 refused (bad input or a check said no). */
 const REFUSALS = new Set([
@@ -269,6 +270,28 @@ export function buildProgram(io: Io, inv: Inventory): Command {
     });
 
   registerMigrationCommands(program, io, inv, host);
+
+  program
+    .command('web')
+    .description('serve the console in a browser (127.0.0.1, with an access token in the URL)')
+    .addOption(new Option('--port <n>', 'port (0 = any free port)').argParser(int(0, 65535)).default(0))
+    .option('--host <address>', 'address to listen on', '127.0.0.1')
+    .action(async (o: { port: number; host: string }) => {
+      const { startWebServer } = await import('../web/server.js');
+      const server = await startWebServer({ port: o.port, host: o.host, service: new ApiService(inv) });
+      // The URL goes to stdout (scripts and tests read it); everything else to stderr.
+      io.out(`${server.url}\n`);
+      say(`Ferry console: open ${server.url}  (Ctrl-C stops it)`);
+      await new Promise<void>((resolve) => {
+        const stop = (): void => {
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+          void server.close().then(resolve);
+        };
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
+      });
+    });
   return program;
 }
 

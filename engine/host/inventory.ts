@@ -115,6 +115,40 @@ export class Inventory {
     await this.locked(async () => (await this.locate(vm)).deleteVm(vm));
   }
 
+  /** "This computer": a host for this machine's QEMU, with its VMs under FERRY_HOME/hosts/NAME/. */
+  async addLocalHost(name: string): Promise<HostRecord> {
+    return this.locked(async () => {
+      const inv = await this.load();
+      if (inv.hosts.some((h) => h.name === name)) throw new FerryError('duplicate-host', `a host named ${name} already exists`);
+      const stateDir = path.join(this.home, 'hosts', name);
+      const rec: HostRecord = {
+        name,
+        kind: 'local',
+        stateDir,
+        migrationAddress: '127.0.0.1',
+        portBase: 47000,
+        vmDir: path.join(stateDir, 'storage'),
+      };
+      await this.driverFor(rec).facts(); // QEMU must be there before the host is
+      await writeJsonAtomic(this.file, { ...inv, hosts: [...inv.hosts, rec] });
+      return rec;
+    });
+  }
+
+  /** Forgets a host (its files stay); refused while it runs VMs. */
+  async removeHost(name: string): Promise<void> {
+    await this.locked(async () => {
+      const inv = await this.load();
+      const rec = inv.hosts.find((h) => h.name === name);
+      if (!rec) throw new FerryError('unknown-host', `unknown host "${name}"`);
+      const running = (await this.driverFor(rec).listVms()).filter((v) => v.state !== 'stopped' && v.state !== 'crashed');
+      if (running.length > 0) {
+        throw new FerryError('vm-running', `${name} still runs ${running.map((v) => v.name).join(', ')}; stop or move them first`);
+      }
+      await writeJsonAtomic(this.file, { ...inv, hosts: inv.hosts.filter((h) => h.name !== name) });
+    });
+  }
+
   async labHosts(): Promise<HostRecord[]> {
     return (await this.records()).filter((h) => h.kind === 'lab');
   }
