@@ -49,7 +49,11 @@ export const DestinationVerdictSchema = z.object({
 });
 export type DestinationVerdict = z.infer<typeof DestinationVerdictSchema>;
 
-export const CancelResultSchema = z.object({ id: z.string(), accepted: z.boolean(), reason: z.string().nullable() });
+export const CancelResultSchema = z.object({
+  id: z.string(),
+  accepted: z.boolean(),
+  reason: z.string().nullable(),
+});
 
 /** A history entry without its samples (the list view); `migration` returns the whole record. */
 export const MigrationListItemSchema = MigrationRecordSchema.omit({ samples: true });
@@ -64,11 +68,19 @@ export const api = {
     output: HostSettingsSchema,
   },
   /** "This computer": a host for the local machine's QEMU. */
-  addLocalHost: { input: z.object({ name: HostNameSchema.default('local') }).strict(), output: HostRecordSchema },
-  removeHost: { input: z.object({ host: HostNameSchema }).strict(), output: z.object({ removed: HostNameSchema }) },
+  addLocalHost: {
+    input: z.object({ name: HostNameSchema.default('local') }).strict(),
+    output: HostRecordSchema,
+  },
+  removeHost: {
+    input: z.object({ host: HostNameSchema }).strict(),
+    output: z.object({ removed: HostNameSchema }),
+  },
   /** A local lab of N hosts; with `withVm`, a running lab VM on the first so a move can be tried at once. */
   labUp: {
-    input: z.object({ hosts: z.number().int().min(1).max(16).default(2), withVm: z.boolean().default(false) }).strict(),
+    input: z
+      .object({ hosts: z.number().int().min(1).max(16).default(2), withVm: z.boolean().default(false) })
+      .strict(),
     output: z.array(HostRecordSchema),
   },
   labDown: { input: none, output: z.object({ hosts: z.array(z.string()), stoppedVms: z.array(z.string()) }) },
@@ -81,7 +93,10 @@ export const api = {
   },
   checkMove: { input: MoveRequestSchema, output: PreflightReportSchema },
   /** The wizard's "Specify Destination" page: every other host with its pre-flight verdict. */
-  checkDestinations: { input: MoveRequestSchema.omit({ to: true }), output: z.array(DestinationVerdictSchema) },
+  checkDestinations: {
+    input: MoveRequestSchema.omit({ to: true }),
+    output: z.array(DestinationVerdictSchema),
+  },
   startMove: { input: MoveRequestSchema, output: z.object({ id: z.string() }) },
   cancelMove: { input: z.object({ id: z.string() }).strict(), output: CancelResultSchema },
   listMigrations: { input: none, output: z.array(MigrationListItemSchema) },
@@ -108,11 +123,17 @@ export interface ApiClient {
 }
 
 /** Errors cross every transport as this shape. */
-export const ApiErrorSchema = z.object({ code: z.string(), message: z.string(), hint: z.string().optional() });
+export const ApiErrorSchema = z.object({
+  code: z.string(),
+  message: z.string(),
+  hint: z.string().optional(),
+});
 export type ApiError = z.infer<typeof ApiErrorSchema>;
 
 /** WebSocket frames (web mode). */
-export const WsRequestSchema = z.object({ id: z.number().int(), method: z.string(), input: z.unknown() }).strict();
+export const WsRequestSchema = z
+  .object({ id: z.number().int(), method: z.string(), input: z.unknown() })
+  .strict();
 export const WsResponseSchema = z.union([
   z.object({ id: z.number().int(), ok: z.literal(true), result: z.unknown() }),
   z.object({ id: z.number().int(), ok: z.literal(false), error: ApiErrorSchema }),

@@ -86,6 +86,8 @@ export interface FileIdentity {
   device: number;
   inode: number;
   size: number;
+  /** A block or character device is a physical (pass-through) disk, not a virtual one. */
+  kind: 'file' | 'device' | 'other' | 'missing';
 }
 
 /**

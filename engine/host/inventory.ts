@@ -119,7 +119,8 @@ export class Inventory {
   async addLocalHost(name: string): Promise<HostRecord> {
     return this.locked(async () => {
       const inv = await this.load();
-      if (inv.hosts.some((h) => h.name === name)) throw new FerryError('duplicate-host', `a host named ${name} already exists`);
+      if (inv.hosts.some((h) => h.name === name))
+        throw new FerryError('duplicate-host', `a host named ${name} already exists`);
       const stateDir = path.join(this.home, 'hosts', name);
       const rec: HostRecord = {
         name,
@@ -141,9 +142,14 @@ export class Inventory {
       const inv = await this.load();
       const rec = inv.hosts.find((h) => h.name === name);
       if (!rec) throw new FerryError('unknown-host', `unknown host "${name}"`);
-      const running = (await this.driverFor(rec).listVms()).filter((v) => v.state !== 'stopped' && v.state !== 'crashed');
+      const running = (await this.driverFor(rec).listVms()).filter(
+        (v) => v.state !== 'stopped' && v.state !== 'crashed',
+      );
       if (running.length > 0) {
-        throw new FerryError('vm-running', `${name} still runs ${running.map((v) => v.name).join(', ')}; stop or move them first`);
+        throw new FerryError(
+          'vm-running',
+          `${name} still runs ${running.map((v) => v.name).join(', ')}; stop or move them first`,
+        );
       }
       await writeJsonAtomic(this.file, { ...inv, hosts: inv.hosts.filter((h) => h.name !== name) });
     });

@@ -824,9 +824,14 @@ export class LocalHost implements HostDriver {
       paths.map(async (p) => {
         try {
           const st = await fs.promises.stat(p);
-          return { path: p, exists: true, device: st.dev, inode: st.ino, size: st.size };
+          const kind = st.isFile()
+            ? 'file'
+            : st.isBlockDevice() || st.isCharacterDevice()
+              ? 'device'
+              : 'other';
+          return { path: p, exists: true, device: st.dev, inode: st.ino, size: st.size, kind } as const;
         } catch {
-          return { path: p, exists: false, device: 0, inode: 0, size: 0 };
+          return { path: p, exists: false, device: 0, inode: 0, size: 0, kind: 'missing' } as const;
         }
       }),
     );

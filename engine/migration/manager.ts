@@ -124,7 +124,6 @@ export class MigrationManager {
         if (report.errors.length > 0) {
           return refused(id, req, source.name, dest.name, report, now());
         }
-        for (const w of report.warnings) emit({ type: 'log', level: 'warn', message: w.message });
         state.queued = true;
         rec.status = 'queued';
         await this.scheduler.acquire(
@@ -139,6 +138,7 @@ export class MigrationManager {
         rec.status = 'running';
         rec.startedAt = new Date().toISOString();
         emit({ type: 'started', vm: req.vm, from: source.name, to: dest.name, kind: req.kind, options });
+        for (const w of report.warnings) emit({ type: 'log', level: 'warn', message: w.message });
         return await liveMigration({
           id,
           request: req,

@@ -31,6 +31,8 @@ export interface PreflightInput {
   dest: HostView;
   destHasVm: boolean;
   options: MoveOptions;
+  /** Disk ids whose file on the source is a host device (a pass-through disk). */
+  passthroughDisks: string[];
   /** Per disk: can the destination reach the very same file (not just the same path)? */
   sharedStorage: { id: string; path: string; inRoots: boolean; sameFile: boolean; why: string }[];
 }
@@ -87,7 +89,9 @@ export function judge(i: PreflightInput): PreflightReport {
   const { source: s, dest: d, vm } = i;
 
   if (s.name === d.name) err('same-host', `${vm.name} is already on ${d.name}; choose another destination`);
-  if (i.vmState !== 'running' && i.vmState !== 'paused') {
+  if (i.vmState === 'migrating') {
+    err('vm-migrating', `${vm.name} is already being moved`);
+  } else if (i.vmState !== 'running' && i.vmState !== 'paused') {
     err('vm-not-running', `${vm.name} is ${i.vmState}; a live migration moves a running VM (start it first)`);
   }
   if (i.destHasVm) err('duplicate-vm', `a VM named "${vm.name}" already exists on ${d.name}`);
@@ -131,14 +135,13 @@ export function judge(i: PreflightInput): PreflightReport {
     err('cpu-model-unsupported', `the VM's CPU model ${vm.cpuModel} is not available on ${d.name}`);
   }
   // Q4: virtual disks only (a host block or character device is a pass-through disk).
-  for (const disk of vm.disks) {
-    if (disk.path.startsWith('/dev/')) {
-      err(
-        'passthrough-disk',
-        `${disk.id} is a physical pass-through disk (${disk.path}); live migration needs virtual disks`,
-      );
-    }
+  for (const disk of vm.disks.filter((d) => i.passthroughDisks.includes(d.id))) {
+    err(
+      'passthrough-disk',
+      `${disk.id} is a physical pass-through disk (${disk.path}); live migration needs virtual disks`,
+    );
   }
+
   // Q6: shared storage: every file reachable by the destination, and the same file.
   if (!i.request.includeStorage) {
     for (const sh of i.sharedStorage) {
@@ -270,8 +273,11 @@ export async function preflight(
     dest.hasVm(request.vm),
   ]);
   const options = resolveOptions(request, s.settings, s.facts);
+  const onSource = await source.statFiles(vm.disks.map((disk) => disk.path));
+  const passthroughDisks = vm.disks.filter((_, n) => onSource[n]?.kind === 'device').map((disk) => disk.id);
   const sharedStorage = await checkSharedStorage(vm, source, dest, d.settings.storageRoots);
   const report = judge({
+    passthroughDisks,
     request,
     vm,
     vmState: info.state,

@@ -19,7 +19,15 @@ import { findQemu, installHint } from '../qemu/system.js';
 
 type Handlers = { [M in MethodName]: (input: z.output<ApiMethods[M]['input']>) => Promise<Output<M>> };
 
-const MUTATING = new Set<MethodName>(['updateHostSettings', 'addLocalHost', 'removeHost', 'labUp', 'labDown', 'createVm', 'vmAction']);
+const MUTATING = new Set<MethodName>([
+  'updateHostSettings',
+  'addLocalHost',
+  'removeHost',
+  'labUp',
+  'labDown',
+  'createVm',
+  'vmAction',
+]);
 
 export class ApiService {
   private readonly listeners = new Set<(e: ServerEvent) => void>();
@@ -31,7 +39,10 @@ export class ApiService {
   ) {
     manager.subscribe((event) => {
       this.push({ kind: 'migration', event });
-      if (event.type === 'summary' || (event.type === 'phase' && event.phase === 5 && event.state === 'completed')) {
+      if (
+        event.type === 'summary' ||
+        (event.type === 'phase' && event.phase === 5 && event.state === 'completed')
+      ) {
         this.push({ kind: 'inventory-changed' });
       }
     });
@@ -95,7 +106,12 @@ export class ApiService {
       labUp: async ({ hosts, withVm }) => {
         const records = await inv.labUp(hosts);
         if (withVm) {
-          await inv.createVm({ name: 'lab-vm', host: records[0]!.name, memoryMiB: 256, labGuest: { workingSetMiB: 32, dirtyRateMiBs: 20 } });
+          await inv.createVm({
+            name: 'lab-vm',
+            host: records[0]!.name,
+            memoryMiB: 256,
+            labGuest: { workingSetMiB: 32, dirtyRateMiBs: 20 },
+          });
           await (await inv.host(records[0]!.name)).startVm('lab-vm');
         }
         return records;
@@ -133,7 +149,10 @@ export class ApiService {
               return { host: h.name, report: await manager.check({ ...req, to: h.name }) };
             } catch (err) {
               const e = toApiError(err);
-              return { host: h.name, report: { errors: [{ code: e.code, message: e.message }], warnings: [] } };
+              return {
+                host: h.name,
+                report: { errors: [{ code: e.code, message: e.message }], warnings: [] },
+              };
             }
           }),
         );
@@ -144,7 +163,8 @@ export class ApiService {
         return { id: started.id };
       },
       cancelMove: ({ id }) => manager.cancel(id),
-      listMigrations: async () => (await manager.history.list()).map(({ samples: _samples, ...rest }) => rest),
+      listMigrations: async () =>
+        (await manager.history.list()).map(({ samples: _samples, ...rest }) => rest),
       migration: ({ id }) => manager.history.get(id),
       queue: () => manager.queue(),
     };

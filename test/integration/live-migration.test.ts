@@ -1,0 +1,306 @@
+// Live migration with shared storage on real QEMU, lab guest inside: every performance option there
+// and back, the six phases in order, the guest's heartbeat continuing on the destination with its
+// memory intact, convergence policies, cancel, and a destination that dies mid-copy.
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PHASES, type MigrationEvent, type MoveRequest, type Summary } from '../../engine/api/index.js';
+import { Inventory } from '../../engine/host/inventory.js';
+import { parseLabGuestSerial } from '../../engine/host/lab-guest.js';
+import { MigrationManager } from '../../engine/migration/manager.js';
+import { isQemuAlive } from '../../engine/qemu/process.js';
+import { guestReport, tempHome, waitFor, waitForPasses } from '../helpers.js';
+
+let home: string;
+let inv: Inventory;
+let manager: MigrationManager;
+
+beforeAll(async () => {
+  home = tempHome('live');
+  inv = new Inventory(home);
+  manager = new MigrationManager(inv);
+  await inv.labUp(2);
+});
+afterAll(async () => {
+  await inv.labDown().catch(() => undefined);
+});
+
+interface Move {
+  id: string;
+  events: MigrationEvent[];
+  summary: Summary;
+}
+
+/** Runs a move and collects its events; `during` sees each event as it happens. */
+async function move(
+  req: MoveRequest,
+  during?: (e: MigrationEvent, id: string) => void | Promise<void>,
+): Promise<Move> {
+  const events: MigrationEvent[] = [];
+  let id = '';
+  const early: MigrationEvent[] = [];
+  const off = manager.subscribe((e) => {
+    if (!id) early.push(e);
+    else if (e.id === id) {
+      events.push(e);
+      void during?.(e, id);
+    }
+  });
+  const started = await manager.start(req);
+  id = started.id;
+  for (const e of early) if (e.id === id) events.push(e);
+  const summary = await started.done;
+  off();
+  return { id, events, summary };
+}
+
+function phaseOrder(events: MigrationEvent[]): string[] {
+  return events.filter((e) => e.type === 'phase').map((e) => `${e.phase}:${e.state}`);
+}
+
+const ALL_PHASES = PHASES.flatMap((p) => [`${p.phase}:started`, `${p.phase}:completed`]);
+
+async function pidOf(vm: string): Promise<number> {
+  return (await (await inv.locate(vm)).vmInfo(vm)).pid!;
+}
+
+describe('live migration with shared storage', () => {
+  it('moves a running lab VM there and back with each performance option, guest alive and intact', async () => {
+    await inv.createVm({
+      name: 'mover',
+      host: 'lab1',
+      memoryMiB: 512,
+      disks: [{ kind: 'new', sizeGiB: 1 }],
+      labGuest: { workingSetMiB: 64, dirtyRateMiBs: 50 },
+    });
+    await (await inv.host('lab1')).startVm('mover');
+    await waitForPasses(inv, 'mover', 2);
+    let here = 'lab1';
+    for (const performance of ['tcp', 'compression', 'multichannel'] as const) {
+      for (let leg = 0; leg < 2; leg++) {
+        const to = here === 'lab1' ? 'lab2' : 'lab1';
+        const before = await guestReport(inv, 'mover');
+        const lastPass = before.heartbeats.at(-1)!.pass;
+        const sourcePid = await pidOf('mover');
+        const m = await move({ vm: 'mover', to, performance });
+        expect(m.summary, m.summary.reason ?? '').toMatchObject({
+          status: 'completed',
+          from: here,
+          to,
+          vm: 'mover',
+        });
+        expect(m.summary.options).toMatchObject({
+          performance,
+          ...(performance === 'tcp' ? {} : { channels: 4 }),
+        });
+        if (performance === 'compression') expect(m.summary.options?.compression).toBe('zstd');
+        // The six phases, in order, each with a duration.
+        expect(phaseOrder(m.events)).toEqual(ALL_PHASES);
+        expect(m.summary.phases.map((p) => p.name)).toEqual(PHASES.map((p) => p.name));
+        for (const p of m.summary.phases) expect(p.ms).toBeGreaterThanOrEqual(0);
+        expect(m.events[0]).toMatchObject({ type: 'started', vm: 'mover', from: here, to });
+        expect(m.events.at(-1)).toMatchObject({ type: 'summary', status: 'completed' });
+        expect(m.events.some((e) => e.type === 'sample')).toBe(true);
+        expect(m.summary.bytes).toBeGreaterThan(64 * 1024 * 1024);
+        expect(m.summary.downtimeMs).toBeGreaterThanOrEqual(0);
+        // The source QEMU is gone, the VM runs on the destination, found there by the inventory.
+        expect(isQemuAlive(sourcePid, '')).toBe(false);
+        const info = await (await inv.locate('mover')).vmInfo('mover');
+        expect(info).toMatchObject({ host: to, state: 'running' });
+        expect(await (await inv.host(here)).hasVm('mover')).toBe(false);
+        // Heartbeat continues from the source's memory (no new boot, pass numbers carry on), no mismatch.
+        const after = await waitForPasses(inv, 'mover', lastPass + 2);
+        expect(after.boots).toBe(0);
+        expect(after.heartbeats[0]!.pass).toBeGreaterThan(lastPass);
+        expect(after.mismatches).toEqual([]);
+        expect(after.heartbeats.every((h) => h.errors === 0)).toBe(true);
+        here = to;
+      }
+    }
+    const history = await manager.history.list();
+    expect(history.filter((r) => r.vm === 'mover' && r.status === 'completed')).toHaveLength(6);
+    expect(history[0]!.samples.length).toBeGreaterThan(0);
+    expect(history[0]!.phases.every((p) => p.startedAt !== null && p.endedAt !== null)).toBe(true);
+  });
+
+  it('refuses RDMA without RDMA links, and post-copy with multifd, leaving the VM alone', async () => {
+    const pid = await pidOf('mover');
+    const from = (await inv.locate('mover')).name;
+    const to = from === 'lab1' ? 'lab2' : 'lab1';
+    const rdma = await move({ vm: 'mover', to, performance: 'rdma' });
+    expect(rdma.summary).toMatchObject({ status: 'refused' });
+    expect(rdma.summary.reason).toMatch(/RDMA needs RDMA-capable links on both hosts/);
+    const pc = await move({ vm: 'mover', to, performance: 'compression', convergence: 'postcopy' });
+    expect(pc.summary.status).toBe('refused');
+    expect(pc.summary.reason).toMatch(
+      /postcopy convergence policy cannot be combined with Compression \(multifd\)/,
+    );
+    expect(await pidOf('mover')).toBe(pid);
+    expect((await (await inv.locate('mover')).vmInfo('mover')).state).toBe('running');
+    await (await inv.locate('mover')).stopVm('mover', { force: true, timeoutMs: 0 });
+  });
+});
+
+describe('convergence', () => {
+  // 48 MiB rewritten continuously through a 32 MiB/s cap needs ~1.5 s of downtime: far above 300 ms.
+  beforeAll(async () => {
+    await inv.createVm({
+      name: 'hot',
+      host: 'lab1',
+      memoryMiB: 256,
+      labGuest: { workingSetMiB: 48, dirtyRateMiBs: 0 },
+    });
+    await (await inv.host('lab1')).startVm('hot');
+    await waitForPasses(inv, 'hot', 2);
+  });
+
+  it('raise-downtime: raises the target step by step until it converges', async () => {
+    const m = await move({
+      vm: 'hot',
+      to: 'lab2',
+      performance: 'tcp',
+      bandwidthMiBs: 32,
+      convergence: 'raise-downtime',
+    });
+    expect(m.summary.status, m.summary.reason ?? '').toBe('completed');
+    const steps = m.events.filter((e) => e.type === 'escalation');
+    expect(steps.length).toBeGreaterThan(0);
+    expect(steps.every((e) => e.type === 'escalation' && e.step === 'raise-downtime')).toBe(true);
+    const targets = steps.map((e) =>
+      Number(/raised to (\d+) ms/.exec(e.type === 'escalation' ? e.message : '')?.[1]),
+    );
+    expect(targets).toEqual([...targets].sort((a, b) => a - b));
+    expect(targets.every((t) => t > 300 && t <= 2000)).toBe(true);
+    // Escalations happen during the memory phase, before the cut-over.
+    const firstStep = m.events.findIndex((e) => e.type === 'escalation');
+    const phase3 = m.events.findIndex((e) => e.type === 'phase' && e.phase === 3);
+    expect(firstStep).toBeLessThan(phase3);
+    expect(
+      parseLabGuestSerial((await (await inv.host('lab2')).readSerial('hot', 0)).text).mismatches,
+    ).toEqual([]);
+  });
+
+  it('abort: never raises anything and aborts cleanly, the VM running on the source', async () => {
+    const pid = await pidOf('hot');
+    const m = await move({
+      vm: 'hot',
+      to: 'lab1',
+      performance: 'tcp',
+      bandwidthMiBs: 32,
+      convergence: 'abort',
+    });
+    expect(m.summary.status).toBe('failed');
+    expect(m.summary.reason).toMatch(/^did not converge \(pass \d+: .* MiB still dirty/);
+    const steps = m.events
+      .filter((e) => e.type === 'escalation')
+      .map((e) => (e.type === 'escalation' ? e.step : ''));
+    expect(steps).toEqual(['abort']);
+    expect(phaseOrder(m.events)).toEqual(['1:started', '1:completed', '2:started', '2:completed']);
+    expect(await pidOf('hot')).toBe(pid);
+    expect((await (await inv.host('lab2')).vmInfo('hot')).state).toBe('running');
+    expect(await (await inv.host('lab1')).hasVm('hot')).toBe(false);
+    const r = await waitForPasses(inv, 'hot', (await guestReport(inv, 'hot')).heartbeats.at(-1)!.pass + 2);
+    expect(r.mismatches).toEqual([]);
+  });
+});
+
+describe('cancel and failure', () => {
+  // A slow move: 64 MiB rewritten continuously through 8 MiB/s stays in phase 2 until stopped.
+  beforeAll(async () => {
+    await (await inv.host('lab2')).stopVm('hot', { force: true, timeoutMs: 0 });
+    await inv.createVm({
+      name: 'slow',
+      host: 'lab1',
+      memoryMiB: 256,
+      labGuest: { workingSetMiB: 64, dirtyRateMiBs: 0 },
+    });
+    await (await inv.host('lab1')).startVm('slow');
+  });
+  const slow: MoveRequest = {
+    vm: 'slow',
+    to: 'lab2',
+    performance: 'tcp',
+    bandwidthMiBs: 8,
+    convergence: 'abort',
+  };
+
+  function destLeftovers(): string[] {
+    const dir = path.join(home, 'hosts', 'lab2', 'vms', 'slow');
+    return fs.existsSync(dir) ? fs.readdirSync(dir) : [];
+  }
+
+  it('cancel in phase 2: the VM keeps running on the source, nothing is left on the destination', async () => {
+    const pid = await pidOf('slow');
+    let asked = false;
+    const m = await move(slow, async (e, id) => {
+      if (!asked && e.type === 'sample' && e.sample.phase === 2 && e.sample.bytesSent > 4 * 1024 * 1024) {
+        asked = true;
+        expect(await manager.cancel(id)).toMatchObject({ accepted: true });
+      }
+    });
+    expect(m.summary).toMatchObject({ status: 'cancelled', reason: 'cancelled by the administrator' });
+    expect(phaseOrder(m.events)).toEqual(['1:started', '1:completed', '2:started', '2:completed']);
+    expect(await pidOf('slow')).toBe(pid);
+    expect((await (await inv.host('lab1')).vmInfo('slow')).state).toBe('running');
+    expect(await (await inv.host('lab2')).hasVm('slow')).toBe(false);
+    expect(destLeftovers()).toEqual([]);
+    expect((await manager.history.get(m.id)).status).toBe('cancelled');
+  });
+
+  it('cancel from another process (ferry cancel) through the shared FERRY_HOME', async () => {
+    const { ferry } = await import('../helpers.js');
+    let asked = false;
+    const m = await move(slow, async (e, id) => {
+      if (!asked && e.type === 'sample' && e.sample.bytesSent > 4 * 1024 * 1024) {
+        asked = true;
+        const r = await ferry(home, ['cancel', id]);
+        expect(r.code, r.stderr).toBe(0);
+      }
+    });
+    expect(m.summary.status).toBe('cancelled');
+    expect((await (await inv.host('lab1')).vmInfo('slow')).state).toBe('running');
+    expect(destLeftovers()).toEqual([]);
+  });
+
+  it('refuses a cancel once phase 3 is over', async () => {
+    let verdict: { accepted: boolean; reason: string | null } | null = null;
+    const m = await move({ vm: 'slow', to: 'lab2', performance: 'tcp' }, async (e, id) => {
+      if (e.type === 'phase' && e.phase === 4 && e.state === 'started' && !verdict)
+        verdict = await manager.cancel(id);
+    });
+    expect(m.summary.status).toBe('completed');
+    expect(verdict).toMatchObject({ accepted: false });
+    expect(verdict!.reason).toMatch(
+      /phase 4 \(Storage handle\) has begun: the VM already runs on the destination/,
+    );
+    expect((await inv.locate('slow')).name).toBe('lab2');
+  });
+
+  it('destination QEMU killed mid-copy: the VM keeps running on the source and the failure is recorded', async () => {
+    const pid = await pidOf('slow');
+    let killed = false;
+    const m = await move({ ...slow, to: 'lab1' }, async (e) => {
+      if (!killed && e.type === 'sample' && e.sample.bytesSent > 4 * 1024 * 1024) {
+        killed = true;
+        const rt = JSON.parse(
+          fs.readFileSync(path.join(home, 'hosts', 'lab1', 'vms', 'slow', 'runtime.json'), 'utf8'),
+        ) as { pid: number };
+        process.kill(rt.pid, 'SIGKILL');
+      }
+    });
+    expect(killed).toBe(true);
+    expect(m.summary.status).toBe('failed');
+    expect(m.summary.reason).toMatch(/failed|stalled/);
+    expect(await pidOf('slow')).toBe(pid);
+    expect((await (await inv.host('lab2')).vmInfo('slow')).state).toBe('running');
+    expect(await (await inv.host('lab1')).hasVm('slow')).toBe(false);
+    expect(fs.existsSync(path.join(home, 'hosts', 'lab1', 'vms', 'slow'))).toBe(false);
+    const rec = await manager.history.get(m.id);
+    expect(rec).toMatchObject({ status: 'failed' });
+    expect(rec.reason).toBe(m.summary.reason);
+    await waitFor(
+      'the guest to keep beating on the source',
+      async () => (await guestReport(inv, 'slow')).heartbeats.length > 0,
+    );
+  });
+});
