@@ -1,0 +1,217 @@
+// Every pre-flight error that can be produced on one machine, on real hosts with a running VM: the move
+// is refused with the reason, and the VM is not touched (same QEMU, still running, nothing on the
+// destination). The two that need a second machine (CPU maker, different storage) are in
+// test/unit/preflight.test.ts.
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { HostSettings, MoveRequest } from '../../engine/api/index.js';
+import { Inventory } from '../../engine/host/inventory.js';
+import { MigrationManager } from '../../engine/migration/manager.js';
+import { ferry, tempHome } from '../helpers.js';
+
+let home: string;
+let inv: Inventory;
+let manager: MigrationManager;
+let pid: number;
+const capsFile = (host: string): string => path.join(home, 'hosts', host, 'qemu-caps.json');
+let originalCaps: string;
+
+beforeAll(async () => {
+  home = tempHome('preflight');
+  inv = new Inventory(home);
+  manager = new MigrationManager(inv);
+  await inv.labUp(2);
+  await inv.createVm({
+    name: 'pf',
+    host: 'lab1',
+    memoryMiB: 128,
+    disks: [{ kind: 'new', sizeGiB: 1 }],
+    labGuest: { workingSetMiB: 4, dirtyRateMiBs: 10 },
+  });
+  pid = (await (await inv.host('lab1')).startVm('pf')).pid!;
+  await (await inv.host('lab2')).facts(); // caches lab2's QEMU capabilities
+  originalCaps = fs.readFileSync(capsFile('lab2'), 'utf8');
+});
+afterAll(async () => {
+  await inv.labDown().catch(() => undefined);
+});
+
+const defaults: Partial<HostSettings> = {
+  liveMigrationEnabled: true,
+  incomingNetworks: 'any',
+  accel: 'auto',
+  reservedMemoryMiB: 0,
+};
+afterEach(async () => {
+  for (const h of ['lab1', 'lab2'])
+    await (await inv.host(h)).updateSettings({ ...defaults, storageRoots: [path.join(home, 'lab')] });
+  fs.writeFileSync(capsFile('lab2'), originalCaps);
+});
+
+/** Pretends lab2 runs a different QEMU build by editing its cached capabilities. */
+function patchDestCaps(patch: (caps: Record<string, unknown>) => void): void {
+  const caps = JSON.parse(originalCaps) as Record<string, unknown>;
+  patch(caps);
+  fs.writeFileSync(capsFile('lab2'), JSON.stringify(caps));
+}
+
+async function expectRefused(code: string, message: RegExp, req: Partial<MoveRequest> = {}): Promise<void> {
+  const started = await manager.start({ vm: 'pf', to: 'lab2', performance: 'tcp', ...req });
+  const summary = await started.done;
+  expect(summary.status).toBe('refused');
+  expect(summary.reason).toMatch(message);
+  const rec = await manager.history.get(started.id);
+  expect(rec.status).toBe('refused');
+  expect(rec.preflight?.errors.map((e) => e.code)).toContain(code);
+  // Not touched: the same QEMU runs it on lab1, and lab2 has nothing of it.
+  const info = await (await inv.host('lab1')).vmInfo('pf');
+  expect(info).toMatchObject({ state: 'running', pid });
+  expect(fs.existsSync(path.join(home, 'hosts', 'lab2', 'vms', 'pf'))).toBe(false);
+}
+
+describe('pre-flight refusals leave the VM untouched', () => {
+  it('passes when nothing is wrong (only the no-hardware-virtualization warning here)', async () => {
+    const report = await manager.check({ vm: 'pf', to: 'lab2' });
+    expect(report.errors).toEqual([]);
+  });
+
+  it('same host', () => expectRefused('same-host', /pf is already on lab1/, { to: 'lab1' }));
+
+  it('live migration disabled on the source', async () => {
+    await (await inv.host('lab1')).updateSettings({ liveMigrationEnabled: false });
+    await expectRefused('migration-disabled-source', /outgoing live migrations are disabled on lab1/);
+  });
+
+  it('live migration disabled on the destination', async () => {
+    await (await inv.host('lab2')).updateSettings({ liveMigrationEnabled: false });
+    await expectRefused('migration-disabled-destination', /incoming live migrations are disabled on lab2/);
+  });
+
+  it('destination does not accept migrations on its network', async () => {
+    await (await inv.host('lab2')).updateSettings({ incomingNetworks: ['10.20.0.0/16', '192.168.7.0/24'] });
+    await expectRefused(
+      'network-not-accepted',
+      /lab2 accepts incoming migrations only on 10\.20\.0\.0\/16, 192\.168\.7\.0\/24, not on its migration address 127\.0\.0\.1/,
+    );
+  });
+
+  it('Q1: the hosts use different accelerators', async () => {
+    const accel = (await (await inv.host('lab1')).facts()).accel;
+    await (await inv.host('lab2')).updateSettings({ accel: accel === 'kvm' ? 'tcg' : 'kvm' });
+    await expectRefused(
+      'accelerator-mismatch',
+      /lab1 runs VMs with \w+, lab2 with \w+; both must use the same accelerator/,
+    );
+  });
+
+  it("Q2: the VM's CPU model is missing on the destination", async () => {
+    patchDestCaps((c) => (c.cpuModels = (c.cpuModels as string[]).filter((m) => m !== 'qemu64')));
+    await expectRefused('cpu-model-unsupported', /the VM's CPU model qemu64 is not available on lab2/);
+  });
+
+  it('Q6: the destination may not reach the shared storage', async () => {
+    await (await inv.host('lab2')).updateSettings({ storageRoots: ['/srv/elsewhere'] });
+    await expectRefused(
+      'storage-not-allowed',
+      /lab2 is not allowed to reach .*disk0\.qcow2 \(disk0\): it is outside its storage roots/,
+    );
+  });
+
+  it('R6: the destination runs an older QEMU', async () => {
+    patchDestCaps((c) => (c.version = '6.2.0'));
+    await expectRefused(
+      'older-destination',
+      /lab2 runs QEMU 6\.2\.0, older than lab1's 7\.\d+\.\d+; moving to an older version is not supported/,
+    );
+  });
+
+  it("R6: the destination lacks the VM's machine type (configuration version)", async () => {
+    patchDestCaps((c) => (c.machineTypes = (c.machineTypes as string[]).filter((m) => m !== 'pc-q35-7.2')));
+    await expectRefused(
+      'machine-type-unsupported',
+      /lab2 \(QEMU [\d.]+\) does not support the VM's configuration version pc-q35-7\.2/,
+    );
+  });
+
+  it('not enough memory on the destination', async () => {
+    await (await inv.host('lab2')).updateSettings({ reservedMemoryMiB: 10_000_000 });
+    await expectRefused('insufficient-memory', /pf needs 128 MiB; lab2 has 0 MiB available/);
+  });
+
+  it("the destination's QEMU cannot decompress the chosen method", async () => {
+    patchDestCaps((c) => (c.multifdCompression = ['none']));
+    await expectRefused('compression-unsupported', /lab2's QEMU cannot decompress zstd/, {
+      performance: 'compression',
+    });
+  });
+
+  it('RDMA without RDMA links', () =>
+    expectRefused('rdma-unavailable', /RDMA needs RDMA-capable links/, { performance: 'rdma' }));
+
+  it('post-copy with multifd (loses the guest in QEMU 7.2)', () =>
+    expectRefused('options-conflict', /cannot be combined with Multichannel \(multifd\)/, {
+      performance: 'multichannel',
+      convergence: 'postcopy',
+    }));
+
+  it('a VM of that name already on the destination', async () => {
+    const dir = path.join(home, 'hosts', 'lab2', 'vms', 'pf');
+    fs.mkdirSync(dir, { recursive: true });
+    fs.copyFileSync(path.join(home, 'hosts', 'lab1', 'vms', 'pf', 'vm.json'), path.join(dir, 'vm.json'));
+    try {
+      const summary = await (await manager.start({ vm: 'pf', to: 'lab2' })).done;
+      expect(summary).toMatchObject({ status: 'refused' });
+      expect(summary.reason).toMatch(/a VM named "pf" already exists on lab2/);
+      expect((await (await inv.host('lab1')).vmInfo('pf')).pid).toBe(pid);
+    } finally {
+      fs.rmSync(dir, { recursive: true });
+    }
+  });
+
+  it('a VM that is not running, and a pass-through disk', async () => {
+    await inv.createVm({ name: 'cold', host: 'lab1', memoryMiB: 64 });
+    const cfg = path.join(home, 'hosts', 'lab1', 'vms', 'cold', 'vm.json');
+    const vm = JSON.parse(fs.readFileSync(cfg, 'utf8')) as { disks: unknown[] };
+    vm.disks = [{ id: 'disk0', path: '/dev/null', format: 'raw', sizeBytes: 0, owned: false }];
+    fs.writeFileSync(cfg, JSON.stringify(vm));
+    const report = await manager.check({ vm: 'cold', to: 'lab2' });
+    expect(report.errors.map((e) => e.code)).toEqual(
+      expect.arrayContaining(['vm-not-running', 'passthrough-disk']),
+    );
+    expect(report.errors.find((e) => e.code === 'passthrough-disk')?.message).toBe(
+      'disk0 is a physical pass-through disk (/dev/null); live migration needs virtual disks',
+    );
+    const summary = await (await manager.start({ vm: 'cold', to: 'lab2' })).done;
+    expect(summary.status).toBe('refused');
+    expect((await (await inv.host('lab1')).vmInfo('cold')).state).toBe('stopped');
+  });
+
+  it('ferry move --check --json prints the report; exit 2 with errors, 0 without', async () => {
+    const ok = await ferry(home, ['move', 'pf', '--to', 'lab2', '--check', '--json']);
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+    const report = JSON.parse(ok.stdout) as {
+      errors: unknown[];
+      warnings: { code: string; message: string }[];
+    };
+    expect(report.errors).toEqual([]);
+    expect(Array.isArray(report.warnings)).toBe(true);
+    await (await inv.host('lab2')).updateSettings({ liveMigrationEnabled: false });
+    const bad = await ferry(home, ['move', 'pf', '--to', 'lab2', '--check', '--json']);
+    expect(bad.code).toBe(2);
+    expect(JSON.parse(bad.stdout)).toMatchObject({
+      errors: [
+        { code: 'migration-disabled-destination', message: 'incoming live migrations are disabled on lab2' },
+      ],
+    });
+    const run = await ferry(home, ['move', 'pf', '--to', 'lab2', '--json']);
+    expect(run.code).toBe(2);
+    const lines = run.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; status?: string; id?: string });
+    expect(lines.at(-1)).toMatchObject({ type: 'summary', status: 'refused' });
+    expect(lines.at(-1)!.id).toMatch(/^m-/);
+    expect((await (await inv.host('lab1')).vmInfo('pf')).pid).toBe(pid);
+  });
+});
