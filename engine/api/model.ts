@@ -145,6 +145,8 @@ export const HostRecordSchema = z.object({
   portBase: z.number().int().min(1024).max(65000),
   /** Folder where new VMs' disks go; for lab hosts one folder shared by the lab. */
   vmDir: z.string().min(1),
+  /** Linux network namespace the host's QEMUs run in (lab hosts joined by a shaped link). */
+  netns: z.string().nullable().default(null),
 });
 export type HostRecord = z.infer<typeof HostRecordSchema>;
 
@@ -192,5 +194,7 @@ export const CreateVmRequestSchema = z.object({
   disks: z.array(DiskRequestSchema).default([]),
   nics: z.number().int().min(0).max(8).default(1),
   labGuest: LabGuestSchema.nullable().default(null),
+  /** Folder for the VM's new disks (default: the host's VM folder). */
+  storagePath: z.string().min(1).optional(),
 });
 export type CreateVmRequest = z.infer<typeof CreateVmRequestSchema>;

@@ -75,9 +75,18 @@ export function buildProgram(io: Io, inv: Inventory): Command {
     .command('up')
     .description('create lab hosts lab1..labN on loopback, sharing one storage folder')
     .addOption(new Option('--hosts <n>', 'number of lab hosts').argParser(int(1, 16)).default(2))
-    .action(async (o: { hosts: number }) => {
-      const hosts = await inv.labUp(o.hosts);
-      say(`lab up: ${hosts.map((h) => h.name).join(', ')} (shared storage: ${hosts[0]!.vmDir})`);
+    .addOption(
+      new Option(
+        '--link-mbit <n>',
+        'join the hosts by a real link shaped to this rate (root: netns, veth, tc)',
+      ).argParser(int(1, 100_000)),
+    )
+    .action(async (o: { hosts: number; linkMbit?: number }) => {
+      const hosts = await inv.labUp(o.hosts, { linkMbit: o.linkMbit });
+      const where = o.linkMbit
+        ? `on a ${o.linkMbit} Mbit/s link (${hosts.map((h) => `${h.name} ${h.migrationAddress}`).join(', ')})`
+        : 'on loopback';
+      say(`lab up: ${hosts.map((h) => h.name).join(', ')} ${where}; shared storage: ${hosts[0]!.vmDir}`);
     });
   lab
     .command('down')
@@ -144,6 +153,7 @@ export function buildProgram(io: Io, inv: Inventory): Command {
     .option('--machine <type>', 'QEMU machine type (default q35, stored as its versioned name)')
     .addOption(new Option('--disk <GiB>', 'a new empty qcow2 disk of this size').argParser(positive))
     .option('--disk-image <path>', 'use an existing qcow2/raw image in place')
+    .option('--storage-path <dir>', "folder for the VM's new disks (default: the host's VM folder)")
     .option('--lab-guest', "boot Ferry's self-checking lab guest")
     .addOption(new Option('--working-set <MiB>', 'lab guest working set').argParser(int(1, 65536)))
     .addOption(
@@ -159,6 +169,7 @@ export function buildProgram(io: Io, inv: Inventory): Command {
           cpus: number;
           machine?: string;
           disk?: number;
+          storagePath?: string;
           diskImage?: string;
           labGuest?: boolean;
           workingSet?: number;
@@ -179,6 +190,7 @@ export function buildProgram(io: Io, inv: Inventory): Command {
           cpus: o.cpus,
           machineType: o.machine,
           disks,
+          storagePath: o.storagePath,
           labGuest: o.labGuest
             ? { workingSetMiB: o.workingSet ?? 64, dirtyRateMiBs: o.dirtyRate ?? 50 }
             : null,

@@ -10,9 +10,11 @@ import {
   type HostSettings,
   type MigrationEvent,
   type MoveRequest,
+  type PreflightReport,
   type Summary,
 } from '../api/index.js';
 import type { Inventory } from '../host/inventory.js';
+import { planDrain, runDrain } from '../migration/drain.js';
 import { MigrationManager } from '../migration/manager.js';
 import type { Io } from './main.js';
 import { ExitWith, int, table } from './util.js';
@@ -33,6 +35,7 @@ function describe(e: MigrationEvent): string | null {
     case 'queued':
       return `queued: position ${e.position} (waiting for a free slot on ${e.from} or ${e.to})`;
     case 'started':
+      if (e.kind === 'storage') return `moving ${e.vm}'s storage on ${e.from} (${e.id})`;
       return `moving ${e.vm} ${e.from} → ${e.to} (${e.id}): ${e.options.performance}${e.options.performance !== 'tcp' ? ` ×${e.options.channels}` : ''}, bandwidth ${e.options.bandwidthMiBs ?? 'unlimited'}${e.options.bandwidthMiBs ? ' MiB/s' : ''}, downtime ${e.options.downtimeMs} ms, ${e.options.convergence}`;
     case 'phase':
       return e.state === 'started'
@@ -55,8 +58,43 @@ function describe(e: MigrationEvent): string | null {
 
 function summaryText(s: Summary): string {
   if (s.status !== 'completed') return `${s.status}: ${s.reason ?? ''}`;
+  if (s.kind === 'storage') {
+    return `completed: ${s.vm}'s disks moved in ${(s.totalMs / 1000).toFixed(2)} s (copy ${s.storageCopyMs} ms); the VM kept running`;
+  }
   const phases = s.phases.map((p) => `${p.phase}:${p.ms ?? '-'}ms`).join(' ');
-  return `completed: ${s.vm} now runs on ${s.to} in ${(s.totalMs / 1000).toFixed(2)} s, downtime ${s.downtimeMs ?? '?'} ms, ${(s.bytes / MiB).toFixed(1)} MiB in ${s.passes} passes (${phases})${s.warnings.length ? `\nwarnings: ${s.warnings.join('; ')}` : ''}`;
+  const copy = s.storageCopyMs !== null ? `, disk copy ${s.storageCopyMs} ms` : '';
+  return `completed: ${s.vm} now runs on ${s.to} in ${(s.totalMs / 1000).toFixed(2)} s${copy}, downtime ${s.downtimeMs ?? '?'} ms, ${(s.bytes / MiB).toFixed(1)} MiB in ${s.passes} passes (${phases})${s.warnings.length ? `\nwarnings: ${s.warnings.join('; ')}` : ''}`;
+}
+
+interface MoveFlags {
+  to?: string;
+  performance?: MoveRequest['performance'];
+  channels?: number;
+  bandwidth?: number;
+  downtime?: number;
+  convergence?: MoveRequest['convergence'];
+  includeStorage?: boolean;
+  storagePath?: string;
+  diskPath?: string[];
+  keepSource?: boolean;
+  check?: boolean;
+  json?: boolean;
+}
+
+/** --storage-path DIR, or --disk-path disk0=DIR … */
+function storageTargets(o: MoveFlags): Pick<MoveRequest, 'storagePath' | 'diskPaths'> {
+  if (o.storagePath && o.diskPath)
+    throw new FerryError('bad-input', 'use --storage-path or --disk-path, not both');
+  if (o.storagePath) return { storagePath: o.storagePath };
+  if (!o.diskPath) return {};
+  const diskPaths: Record<string, string> = {};
+  for (const kv of o.diskPath) {
+    const m = /^(disk\d+)=(.+)$/.exec(kv);
+    if (!m)
+      throw new FerryError('bad-input', `--disk-path takes DISK=DIR (e.g. disk0=/srv/vms), not "${kv}"`);
+    diskPaths[m[1]!] = m[2]!;
+  }
+  return { diskPaths };
 }
 
 function parseSetting(key: string, value: string): Partial<HostSettings> {
@@ -117,9 +155,60 @@ export function registerMigrationCommands(program: Command, io: Io, inv: Invento
   const json = (v: unknown): void => io.out(JSON.stringify(v, null, 2) + '\n');
   const say = (s: string): void => io.err(s + '\n');
 
+  /** Runs a move with live output; exit 0 completed, 2 refused, 1 otherwise. Ctrl-C cancels cleanly. */
+  const runMove = async (m: MigrationManager, request: MoveRequest, asJson: boolean): Promise<Summary> => {
+    const tty = !asJson && process.stderr.isTTY;
+    let lastSampleLine = -Infinity;
+    let id: string | null = null;
+    const pending: MigrationEvent[] = [];
+    const print = (e: MigrationEvent): void => {
+      if (asJson) return io.out(JSON.stringify(e) + '\n');
+      const line = describe(e);
+      if (!line) return;
+      if (e.type === 'sample' || e.type === 'storage-copy') {
+        if (tty) return io.err(`\r\x1b[K${line}`);
+        if (e.at - lastSampleLine < 1000) return; // a line a second off a terminal
+        lastSampleLine = e.at;
+      }
+      io.err(`${tty ? '\r\x1b[K' : ''}${line}\n`);
+    };
+    const off = m.subscribe((e) => {
+      if (id === null) pending.push(e);
+      else if (e.id === id) print(e);
+    });
+    const started = await m.start(request);
+    id = started.id;
+    for (const e of pending.splice(0)) if (e.id === id) print(e);
+    // Ctrl-C cancels cleanly while cancel is allowed; QEMU is never just killed.
+    const onSigint = (): void => {
+      void m.cancel(started.id).then((r) => {
+        if (!asJson) say(r.accepted ? '\ncancelling…' : `\ncannot cancel: ${r.reason}`);
+      });
+    };
+    process.on('SIGINT', onSigint);
+    try {
+      return await started.done;
+    } finally {
+      process.off('SIGINT', onSigint);
+      off();
+    }
+  };
+  const exitFor = (s: Summary): void => {
+    if (s.status !== 'completed') throw new ExitWith(s.status === 'refused' ? 2 : 1);
+  };
+  const printReport = (report: PreflightReport, ok: string, asJson: boolean): void => {
+    if (asJson) json(report);
+    else {
+      for (const e of report.errors) io.out(`error   ${e.code}: ${e.message}\n`);
+      for (const w of report.warnings) io.out(`warning ${w.code}: ${w.message}\n`);
+      if (report.errors.length === 0) io.out(`${ok}\n`);
+    }
+    if (report.errors.length > 0) throw new ExitWith(2);
+  };
+
   program
     .command('move <vm>')
-    .description('live-migrate a running VM to another host')
+    .description('live-migrate a running VM to another host (with --include-storage: shared-nothing)')
     .option('--to <host>', 'destination host')
     .addOption(
       new Option('--performance <option>', 'tcp | compression | multichannel | rdma').argParser(
@@ -131,89 +220,101 @@ export function registerMigrationCommands(program: Command, io: Io, inv: Invento
         int(1, 64),
       ),
     )
-    .addOption(new Option('--bandwidth <MiB/s>', 'bandwidth limit').argParser(int(1, 1_000_000)))
+    .addOption(
+      new Option('--bandwidth <MiB/s>', 'bandwidth limit (also for the disk copy)').argParser(
+        int(1, 1_000_000),
+      ),
+    )
     .addOption(new Option('--downtime <ms>', 'downtime target').argParser(int(1, 60_000)))
     .addOption(
       new Option('--convergence <policy>', 'abort | raise-downtime | postcopy | throttle').argParser(
         oneOf(ConvergencePolicySchema, 'convergence policy'),
       ),
     )
+    .option('--include-storage', "shared-nothing: copy the VM's disks to the destination while it runs")
+    .option('--storage-path <dir>', "with --include-storage: all of the VM's disks to this folder")
+    .option('--disk-path <disk=dir...>', 'with --include-storage: a folder per disk, e.g. disk0=/srv/vm/a')
+    .option('--keep-source', "with --include-storage: keep the source's disk files")
     .option('--check', 'print the pre-flight report only')
     .option('--json', 'one JSON object per line on stdout; the last is the summary')
-    .action(
-      async (
-        vm: string,
-        o: {
-          to?: string;
-          performance?: MoveRequest['performance'];
-          channels?: number;
-          bandwidth?: number;
-          downtime?: number;
-          convergence?: MoveRequest['convergence'];
-          check?: boolean;
-          json?: boolean;
-        },
-      ) => {
-        if (!o.to) throw new FerryError('bad-input', 'choose the destination with --to HOST');
-        const request: MoveRequest = {
-          vm,
-          to: o.to,
-          performance: o.performance,
-          channels: o.channels,
-          bandwidthMiBs: o.bandwidth,
-          downtimeMs: o.downtime,
-          convergence: o.convergence,
-        };
-        const m = manager();
-        if (o.check) {
-          const report = await m.check(request);
-          if (o.json) json(report);
-          else {
-            for (const e of report.errors) io.out(`error   ${e.code}: ${e.message}\n`);
-            for (const w of report.warnings) io.out(`warning ${w.code}: ${w.message}\n`);
-            if (report.errors.length === 0) io.out(`ready: ${vm} can move to ${o.to}\n`);
-          }
-          if (report.errors.length > 0) throw new ExitWith(2);
-          return;
-        }
-        const tty = !o.json && process.stderr.isTTY;
-        let lastSampleLine = 0;
-        let id: string | null = null;
-        const pending: MigrationEvent[] = [];
-        const print = (e: MigrationEvent): void => {
-          if (o.json) return io.out(JSON.stringify(e) + '\n');
-          const line = describe(e);
-          if (!line) return;
-          if (e.type === 'sample') {
-            if (tty) return io.err(`\r\x1b[K${line}`);
-            if (e.at - lastSampleLine < 1000) return; // a line a second off a terminal
-            lastSampleLine = e.at;
-          }
-          io.err(`${tty ? '\r\x1b[K' : ''}${line}\n`);
-        };
-        const off = m.subscribe((e) => {
-          if (id === null) pending.push(e);
-          else if (e.id === id) print(e);
+    .action(async (vm: string, o: MoveFlags) => {
+      if (!o.to) throw new FerryError('bad-input', 'choose the destination with --to HOST');
+      if (!o.includeStorage && (o.storagePath || o.diskPath || o.keepSource)) {
+        throw new FerryError(
+          'bad-input',
+          '--storage-path, --disk-path and --keep-source apply to --include-storage only',
+        );
+      }
+      const request: MoveRequest = {
+        vm,
+        to: o.to,
+        performance: o.performance,
+        channels: o.channels,
+        bandwidthMiBs: o.bandwidth,
+        downtimeMs: o.downtime,
+        convergence: o.convergence,
+        includeStorage: !!o.includeStorage,
+        keepSource: !!o.keepSource,
+        ...storageTargets(o),
+      };
+      const m = manager();
+      if (o.check) return printReport(await m.check(request), `ready: ${vm} can move to ${o.to}`, !!o.json);
+      exitFor(await runMove(m, request, !!o.json));
+    });
+
+  program
+    .command('move-storage <vm>')
+    .description("move a running VM's disks to another folder on its host (it never stops)")
+    .option('--storage-path <dir>', "all of the VM's disks to this folder")
+    .option('--disk-path <disk=dir...>', 'a folder per disk, e.g. disk0=/srv/vm/a')
+    .addOption(new Option('--bandwidth <MiB/s>', 'limit for the copy').argParser(int(1, 1_000_000)))
+    .option('--check', 'print the pre-flight report only')
+    .option('--json', 'one JSON object per line on stdout; the last is the summary')
+    .action(async (vm: string, o: MoveFlags) => {
+      if (!o.storagePath && !o.diskPath)
+        throw new FerryError('bad-input', 'give --storage-path DIR or --disk-path DISK=DIR');
+      const request: MoveRequest = { vm, kind: 'storage', bandwidthMiBs: o.bandwidth, ...storageTargets(o) };
+      const m = manager();
+      if (o.check) return printReport(await m.check(request), `ready: ${vm}'s storage can move`, !!o.json);
+      exitFor(await runMove(m, request, !!o.json));
+    });
+
+  host
+    .command('drain <host>')
+    .description('move every running VM off a host (shared storage where possible, else with storage)')
+    .option('--to <host>', 'destination for all of them')
+    .option('--auto', 'choose destinations by free memory')
+    .option('--plan', 'print the plan and stop')
+    .option('--json', 'JSON on stdout: the plan, then (unless --plan) the summaries')
+    .action(async (name: string, o: { to?: string; auto?: boolean; plan?: boolean; json?: boolean }) => {
+      const m = manager();
+      const plan = await planDrain(inv, m, name, o);
+      if (!o.json) {
+        if (plan.length === 0) say(`${name} runs no VMs: nothing to move`);
+        else
+          io.out(
+            table([
+              ['VM', 'MEMORY', 'TO', 'HOW', 'NOTE'],
+              ...plan.map((p) => [p.vm, `${p.memoryMiB} MiB`, p.to ?? '-', p.mode, p.reason ?? '']),
+            ]),
+          );
+      }
+      if (o.plan) {
+        if (o.json) json({ plan });
+        return;
+      }
+      if (!o.json) {
+        m.subscribe((e) => {
+          if (e.type === 'queued' || e.type === 'started' || e.type === 'summary')
+            say(`${e.id} ${describe(e) ?? ''}`);
         });
-        const started = await m.start(request);
-        id = started.id;
-        for (const e of pending.splice(0)) if (e.id === id) print(e);
-        // Ctrl-C cancels cleanly while cancel is allowed; QEMU is never just killed.
-        const onSigint = (): void => {
-          void m.cancel(started.id).then((r) => {
-            if (!o.json) say(r.accepted ? '\ncancelling…' : `\ncannot cancel: ${r.reason}`);
-          });
-        };
-        process.on('SIGINT', onSigint);
-        try {
-          const summary = await started.done;
-          if (summary.status !== 'completed') throw new ExitWith(summary.status === 'refused' ? 2 : 1);
-        } finally {
-          process.off('SIGINT', onSigint);
-          off();
-        }
-      },
-    );
+      }
+      const results = await runDrain(m, plan);
+      if (o.json) json({ plan, results });
+      const stays = plan.filter((p) => p.mode === 'stays');
+      if (results.some((r) => r.status !== 'completed') || stays.length > 0) throw new ExitWith(1);
+      if (!o.json) say(`${name} is drained: ${results.length} VM(s) moved`);
+    });
 
   program
     .command('cancel <id>')

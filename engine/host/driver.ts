@@ -3,6 +3,7 @@
 // implementation behind an authenticated agent. No implementation shares in-process state with another.
 import type {
   CreateVmRequest,
+  Disk,
   HostFacts,
   HostRecord,
   HostSettings,
@@ -54,6 +55,35 @@ export interface IncomingRequest {
   capabilities: Record<string, boolean>;
   parameters: Record<string, unknown>;
   scheme: 'tcp' | 'rdma';
+  /**
+   * Shared-nothing: create these disks here (empty, same format and virtual size; `config` already
+   * names them) and export them over NBD on the migration address for the source to mirror into.
+   */
+  newDisks?: Disk[];
+}
+
+export interface NbdTarget {
+  host: string;
+  port: number;
+  /** Export name per disk id. */
+  exports: { id: string; name: string }[];
+}
+
+/** One disk's copy job, as QEMU reports it. */
+export interface DiskJob {
+  id: string;
+  copied: number;
+  total: number;
+  /** In sync: every new write goes to both sides. */
+  ready: boolean;
+  status: string;
+  error: string | null;
+}
+
+export interface StorageMoveResult {
+  disks: { id: string; from: string; to: string }[];
+  /** Times QEMU stopped the vCPUs during the move (a storage move should never pause the VM). */
+  pauses: number;
 }
 
 export interface OutgoingStats {
@@ -110,10 +140,29 @@ export interface MigrationDriver {
   cancelOutgoing(name: string): Promise<void>;
   /** Takes the VM back after a switch-over whose destination never ran (re-activates the disks). */
   resumeSource(name: string): Promise<void>;
-  /** The destination runs the VM: tear down the source QEMU and forget the VM here. */
-  confirmOutgoing(name: string): Promise<void>;
+  /** The destination runs the VM: tear down the source QEMU and forget the VM here (and, for a
+   * shared-nothing move, delete these disk files). */
+  confirmOutgoing(name: string, deleteDisks?: string[]): Promise<void>;
+  /** Shared-nothing: mirror every disk into the destination's NBD exports (full copy, then writes to both). */
+  startDiskMirror(name: string, target: NbdTarget, speedMiBs: number | null): Promise<void>;
+  diskJobs(name: string): Promise<DiskJob[]>;
+  /** At the cut-over (vCPUs paused): end the mirrors so the destination holds the last state. */
+  finishDiskMirror(name: string): Promise<void>;
+  abortDiskMirror(name: string): Promise<void>;
+  // storage-only move on this host (R4)
+  startStorageMove(
+    name: string,
+    targets: { id: string; path: string }[],
+    speedMiBs: number | null,
+  ): Promise<void>;
+  storageMoveJobs(name: string): Promise<DiskJob[]>;
+  /** Pivots the running VM onto the copies, records the new paths, deletes the old files. */
+  completeStorageMove(name: string): Promise<StorageMoveResult>;
+  /** Stops the copy and removes the new files; the VM keeps its disks. */
+  abortStorageMove(name: string): Promise<void>;
+  freeSpace(dirs: string[]): Promise<{ dir: string; freeBytes: number }[]>;
   // destination
-  prepareIncoming(req: IncomingRequest): Promise<{ uri: string }>;
+  prepareIncoming(req: IncomingRequest): Promise<{ uri: string; nbd: NbdTarget | null }>;
   incomingRunState(name: string): Promise<string>;
   storageHandle(name: string): Promise<StorageHandle>;
   /** Commits the configuration here and resumes the VM; returns the epoch ms it resumed at. */

@@ -14,6 +14,7 @@ import {
   type VmSummary,
 } from '../api/index.js';
 import type { HostDriver } from './driver.js';
+import { createLink, planLink, removeLink } from './lab-link.js';
 import { LocalHost } from './local-host.js';
 import { ferryHome, readJson, withLock, writeJsonAtomic } from './store.js';
 
@@ -129,6 +130,7 @@ export class Inventory {
         migrationAddress: '127.0.0.1',
         portBase: 47000,
         vmDir: path.join(stateDir, 'storage'),
+        netns: null,
       };
       await this.driverFor(rec).facts(); // QEMU must be there before the host is
       await writeJsonAtomic(this.file, { ...inv, hosts: [...inv.hosts, rec] });
@@ -163,7 +165,7 @@ export class Inventory {
    * Creates lab hosts lab1..labN on this machine: own state folders and port ranges, on loopback, one
    * shared storage folder (the lab's "SMB share"). Checks QEMU first so a broken setup adds nothing.
    */
-  async labUp(count: number): Promise<HostRecord[]> {
+  async labUp(count: number, opts: { linkMbit?: number } = {}): Promise<HostRecord[]> {
     if (!Number.isInteger(count) || count < 1 || count > 16) {
       throw new FerryError('bad-input', `--hosts must be a whole number from 1 to 16, not ${count}`);
     }
@@ -177,6 +179,7 @@ export class Inventory {
         );
       }
       const shared = path.join(this.labDir, 'shared');
+      const link = opts.linkMbit ? planLink(this.home, count) : null;
       const added: HostRecord[] = [];
       for (let i = 1; i <= count; i++) {
         const name = `lab${i}`;
@@ -187,13 +190,15 @@ export class Inventory {
           name,
           kind: 'lab',
           stateDir: path.join(this.home, 'hosts', name),
-          migrationAddress: '127.0.0.1',
+          migrationAddress: link ? link.hosts[i - 1]!.address : '127.0.0.1',
           portBase: LAB_PORT_BASE + i * 100,
           vmDir: shared,
+          netns: link ? link.hosts[i - 1]!.netns : null,
         });
       }
       // Probe QEMU on the first host before writing anything (all lab hosts share the binary).
       await this.driverFor(added[0]!).facts();
+      if (link) await createLink(link, opts.linkMbit!);
       await writeJsonAtomic(this.file, { ...inv, hosts: [...inv.hosts, ...added] });
       return added;
     });
@@ -216,6 +221,7 @@ export class Inventory {
         }
       }
       await writeJsonAtomic(this.file, { ...inv, hosts: inv.hosts.filter((h) => h.kind !== 'lab') });
+      if (lab.some((h) => h.netns)) await removeLink(planLink(this.home, lab.length));
       for (const rec of lab) await fs.promises.rm(rec.stateDir, { recursive: true, force: true });
       await fs.promises.rm(this.labDir, { recursive: true, force: true });
       return { hosts: lab.map((h) => h.name), stoppedVms: stopped };

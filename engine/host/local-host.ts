@@ -41,6 +41,9 @@ import {
   memoryMiB,
 } from '../qemu/system.js';
 import type {
+  DiskJob,
+  NbdTarget,
+  StorageMoveResult,
   FileIdentity,
   HostDriver,
   IncomingRequest,
@@ -51,6 +54,15 @@ import type {
 } from './driver.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { capabilityList, parseQueryMigrate } from '../qemu/migration.js';
+import {
+  cancelMirrors,
+  currentNode,
+  deleteNodes,
+  diskJobs,
+  mirrorJobId,
+  startMirrors,
+  waitJobsGone,
+} from '../qemu/block.js';
 import { ensureDir, labGuestImage, readJson, socketDir, withLock, writeJsonAtomic } from './store.js';
 
 /** What Ferry remembers about a VM's QEMU process between invocations. */
@@ -143,6 +155,14 @@ export class LocalHost implements HostDriver {
   }
   private qemuLog(name: string): string {
     return path.join(this.vmDir(name), 'qemu.log');
+  }
+
+  /** QEMU runs in the host's network namespace when it has one (`ip netns exec` keeps the pid). */
+  private spawnQemu(binary: string, argv: string[], log: string): Promise<number> {
+    const ns = this.record.netns;
+    return ns
+      ? spawnDetached('ip', ['netns', 'exec', ns, binary, ...argv], log)
+      : spawnDetached(binary, argv, log);
   }
 
   // ---- facts and settings ----------------------------------------------------------------------
@@ -340,7 +360,12 @@ export class LocalHost implements HostDriver {
       ),
     );
     const uuid = crypto.randomUUID();
-    const diskFolder = path.join(this.record.vmDir, req.name);
+    if (req.storagePath && !path.isAbsolute(req.storagePath)) {
+      throw new FerryError('bad-input', `--storage-path must be an absolute folder, not ${req.storagePath}`);
+    }
+    const diskFolder = req.storagePath
+      ? path.resolve(req.storagePath)
+      : path.join(this.record.vmDir, req.name);
     const disks: Disk[] = [];
     const qemuImg = findQemuImg(facts.qemuBinary);
     try {
@@ -437,7 +462,7 @@ export class LocalHost implements HostDriver {
       await ensureDir(path.dirname(paths.qmpSocket), 0o700);
       for (const s of [paths.qmpSocket, paths.statusSocket]) await fs.promises.rm(s, { force: true });
       const log = this.qemuLog(name);
-      const pid = await spawnDetached(facts.qemuBinary, qemuArgv(vm, paths, { accel: facts.accel }), log);
+      const pid = await this.spawnQemu(facts.qemuBinary, qemuArgv(vm, paths, { accel: facts.accel }), log);
       const record: Runtime = {
         pid,
         qmpSocket: paths.qmpSocket,
@@ -670,7 +695,7 @@ export class LocalHost implements HostDriver {
     await this.keepRunningHere(name);
   }
 
-  async confirmOutgoing(name: string): Promise<void> {
+  async confirmOutgoing(name: string, deleteDisks: string[] = []): Promise<void> {
     const rt = await this.runtime(name);
     const s = this.sessions.get(name);
     if (s && !s.qmp.isClosed) await s.qmp.execute('quit').catch(() => undefined);
@@ -688,6 +713,11 @@ export class LocalHost implements HostDriver {
       await fs.promises.rename(serial, path.join(logs, `${name}-${rt?.migration?.id ?? 'moved'}.serial.log`));
     }
     await this.removeVmState(name);
+    // Shared-nothing: the destination has its own copies now.
+    for (const f of deleteDisks) {
+      await fs.promises.rm(f, { force: true });
+      await fs.promises.rmdir(path.dirname(f)).catch(() => undefined);
+    }
   }
 
   /** Removes Ferry's own files of a VM on this host (configuration, runtime, logs), never its disks. */
@@ -707,9 +737,226 @@ export class LocalHost implements HostDriver {
     await fs.promises.rmdir(dir).catch(() => undefined);
   }
 
+  // ---- disks: shared-nothing mirror (source) and storage-only moves -----------------------------
+
+  private async diskIds(name: string): Promise<string[]> {
+    return (await this.vmConfig(name)).disks.map((d) => d.id);
+  }
+
+  async startDiskMirror(name: string, target: NbdTarget, speedMiBs: number | null): Promise<void> {
+    const { qmp } = this.session(name);
+    for (const e of target.exports) {
+      await qmp.execute('blockdev-add', {
+        driver: 'nbd',
+        'node-name': `${e.id}-nbd`,
+        server: { type: 'inet', host: target.host, port: String(target.port) },
+        export: e.name,
+      });
+    }
+    await startMirrors(
+      qmp,
+      target.exports.map((e) => e.id),
+      (id) => `${id}-nbd`,
+      speedMiBs,
+    );
+  }
+
+  async diskJobs(name: string): Promise<DiskJob[]> {
+    return diskJobs(this.session(name).qmp, await this.diskIds(name));
+  }
+
+  async finishDiskMirror(name: string): Promise<void> {
+    const { qmp } = this.session(name);
+    const ids = await this.diskIds(name);
+    await cancelMirrors(qmp, ids, false);
+    // The destination can close its exports only after the source dropped its NBD clients.
+    await deleteNodes(
+      qmp,
+      ids.map((id) => `${id}-nbd`),
+    );
+  }
+
+  async abortDiskMirror(name: string): Promise<void> {
+    const s = this.sessions.get(name);
+    if (!s || s.qmp.isClosed) return;
+    const ids = await this.diskIds(name);
+    await cancelMirrors(s.qmp, ids, true).catch(() => undefined);
+    await deleteNodes(
+      s.qmp,
+      ids.map((id) => `${id}-nbd`),
+    );
+  }
+
+  private storageMovePath(name: string): string {
+    return path.join(this.vmDir(name), 'storage-move.json');
+  }
+
+  async startStorageMove(
+    name: string,
+    targets: { id: string; path: string }[],
+    speedMiBs: number | null,
+  ): Promise<void> {
+    await this.withVmLock(name, async () => {
+      const vm = await this.vmConfig(name);
+      const rt = await this.runtime(name);
+      if (!rt || rt.crashedAt || !isQemuAlive(rt.pid, rt.qmpSocket)) {
+        throw new FerryError('vm-not-running', `VM "${name}" is not running on ${this.name}`);
+      }
+      refuseWhileMigrating(name, rt);
+      const qemuImg = findQemuImg(await this.qemuBinary());
+      const moving = targets.map((t) => ({ ...t, disk: vm.disks.find((d) => d.id === t.id)! }));
+      await writeJsonAtomic(this.storageMovePath(name), {
+        targets: moving.map((m) => ({ id: m.id, path: m.path, made: false })),
+      });
+      const session = await this.openSession(name, rt.qmpSocket);
+      await writeJsonAtomic(this.runtimePath(name), {
+        ...rt,
+        migration: {
+          id: `storage-${Date.now()}`,
+          role: 'source',
+          peer: this.name,
+          ownerPid: process.pid,
+          wasRunning: true,
+        },
+      });
+      let pauses = 0;
+      session.qmp.on('STOP', () => void pauses++);
+      (session as Session & { pauses?: () => number }).pauses = () => pauses;
+      for (const m of moving) {
+        if (fs.existsSync(m.path)) throw new FerryError('bad-input', `${m.path} already exists`);
+        await ensureDir(path.dirname(m.path));
+        await execFileAsync(qemuImg, ['create', '-q', '-f', m.disk.format, m.path, String(m.disk.sizeBytes)]);
+        const stamp = Date.now().toString(36);
+        await session.qmp.execute('blockdev-add', {
+          driver: 'file',
+          'node-name': `${m.id}-f${stamp}`,
+          filename: m.path,
+          'auto-read-only': true,
+          discard: 'unmap',
+        });
+        await session.qmp.execute('blockdev-add', {
+          driver: m.disk.format,
+          'node-name': `${m.id}-n${stamp}`,
+          file: `${m.id}-f${stamp}`,
+        });
+        (m as typeof m & { node: string }).node = `${m.id}-n${stamp}`;
+      }
+      await startMirrors(
+        session.qmp,
+        moving.map((m) => m.id),
+        (id) => (moving.find((m) => m.id === id) as { node?: string }).node!,
+        speedMiBs,
+      );
+    });
+  }
+
+  async storageMoveJobs(name: string): Promise<DiskJob[]> {
+    const plan = await readJson(
+      this.storageMovePath(name),
+      z.object({ targets: z.array(z.object({ id: z.string(), path: z.string() })) }),
+    );
+    return diskJobs(
+      this.session(name).qmp,
+      (plan?.targets ?? []).map((t) => t.id),
+    );
+  }
+
+  async completeStorageMove(name: string): Promise<StorageMoveResult> {
+    const s = this.session(name);
+    const plan = await readJson(
+      this.storageMovePath(name),
+      z.object({ targets: z.array(z.object({ id: z.string(), path: z.string() })) }),
+    );
+    if (!plan) throw new FerryError('migration-failed', `no storage move of "${name}" in progress`);
+    const ids = plan.targets.map((t) => t.id);
+    const vm = await this.vmConfig(name);
+    // The nodes the devices use now (format node, then the file node under it) go once pivoted.
+    const named =
+      await s.qmp.execute<{ 'node-name': string; drv: string; file: string }[]>('query-named-block-nodes');
+    const oldNodes: string[] = [];
+    for (const id of ids) {
+      const node = await currentNode(s.qmp, id);
+      const file = named.find((n) => n['node-name'] === node)?.file;
+      const fileNode = named.find((n) => n.drv === 'file' && n.file === file && n['node-name'] !== node);
+      oldNodes.push(node, ...(fileNode ? [fileNode['node-name']] : []));
+    }
+    // Pivot: the device switches to the copy without pausing the guest.
+    for (const id of ids) await s.qmp.execute('block-job-complete', { device: mirrorJobId(id) });
+    await waitJobsGone(s.qmp, ids);
+    for (const id of ids) {
+      if (!(await currentNode(s.qmp, id)).startsWith(`${id}-n`)) {
+        throw new FerryError('migration-failed', `${id} did not switch to its new file`);
+      }
+    }
+    // The old nodes are unused now; delete format nodes before their file nodes.
+    await deleteNodes(s.qmp, oldNodes);
+    const moved = plan.targets.map((t) => ({
+      id: t.id,
+      from: vm.disks.find((d) => d.id === t.id)!.path,
+      to: t.path,
+    }));
+    const next: VmConfig = {
+      ...vm,
+      disks: vm.disks.map((d) => {
+        const m = moved.find((x) => x.id === d.id);
+        return m ? { ...d, path: m.to, owned: true } : d;
+      }),
+    };
+    await writeJsonAtomic(this.configPath(name), VmConfigSchema.parse(next));
+    for (const m of moved) {
+      await fs.promises.rm(m.from, { force: true });
+      await fs.promises.rmdir(path.dirname(m.from)).catch(() => undefined);
+    }
+    const pauses = (s as Session & { pauses?: () => number }).pauses?.() ?? 0;
+    await fs.promises.rm(this.storageMovePath(name), { force: true });
+    await this.setMigrationMarker(name, null);
+    await this.closeSession(name);
+    return { disks: moved, pauses };
+  }
+
+  async abortStorageMove(name: string): Promise<void> {
+    const plan = await readJson(
+      this.storageMovePath(name),
+      z.object({ targets: z.array(z.object({ id: z.string(), path: z.string() })) }),
+    ).catch(() => null);
+    const s = this.sessions.get(name);
+    if (s && !s.qmp.isClosed && plan) {
+      const ids = plan.targets.map((t) => t.id);
+      await cancelMirrors(s.qmp, ids, true).catch(() => undefined);
+      const blocks = await s.qmp
+        .execute<{ 'node-name': string }[]>('query-named-block-nodes')
+        .catch(() => []);
+      const ours = blocks
+        .map((b) => b['node-name'])
+        .filter((n) => ids.some((id) => n.startsWith(`${id}-n`) || n.startsWith(`${id}-f`)));
+      await deleteNodes(
+        s.qmp,
+        ours.sort((a, b) => (a.includes('-n') ? -1 : 1) - (b.includes('-n') ? -1 : 1)),
+      );
+    }
+    for (const t of plan?.targets ?? []) {
+      await fs.promises.rm(t.path, { force: true });
+      await fs.promises.rmdir(path.dirname(t.path)).catch(() => undefined);
+    }
+    await fs.promises.rm(this.storageMovePath(name), { force: true });
+    await this.setMigrationMarker(name, null);
+    await this.closeSession(name);
+  }
+
+  async freeSpace(dirs: string[]): Promise<{ dir: string; freeBytes: number }[]> {
+    return Promise.all(
+      dirs.map(async (dir) => {
+        // The folder may not exist yet: measure the nearest existing parent.
+        let d = path.resolve(dir);
+        while (!fs.existsSync(d) && path.dirname(d) !== d) d = path.dirname(d);
+        return { dir, freeBytes: await diskFreeBytes(d) };
+      }),
+    );
+  }
+
   // ---- migration: destination (Prepare / Finish) ------------------------------------------------
 
-  async prepareIncoming(req: IncomingRequest): Promise<{ uri: string }> {
+  async prepareIncoming(req: IncomingRequest): Promise<{ uri: string; nbd: NbdTarget | null }> {
     const vm = VmConfigSchema.parse(req.config);
     if (await this.hasVm(vm.name)) {
       throw new FerryError('duplicate-vm', `a VM named "${vm.name}" already exists on host ${this.name}`);
@@ -718,12 +965,27 @@ export class LocalHost implements HostDriver {
     await this.removeVmState(vm.name); // leftovers of an earlier, failed attempt
     await ensureDir(this.vmDir(vm.name));
     await writeJsonAtomic(path.join(this.vmDir(vm.name), 'incoming.json'), vm);
+    const newDisks = req.newDisks ?? [];
+    if (newDisks.length > 0) {
+      // Remember them first, so an abort removes whatever part of them was made.
+      await writeJsonAtomic(
+        this.newDisksPath(vm.name),
+        newDisks.map((d) => d.path),
+      );
+      const qemuImg = findQemuImg(facts.qemuBinary);
+      for (const d of newDisks) {
+        if (fs.existsSync(d.path))
+          throw new FerryError('bad-input', `${d.path} already exists on ${this.name}`);
+        await ensureDir(path.dirname(d.path));
+        await execFileAsync(qemuImg, ['create', '-q', '-f', d.format, d.path, String(d.sizeBytes)]);
+      }
+    }
     const paths = this.runtimePaths(vm);
     await ensureDir(path.dirname(paths.qmpSocket), 0o700);
     for (const sock of [paths.qmpSocket, paths.statusSocket]) await fs.promises.rm(sock, { force: true });
     const log = this.qemuLog(vm.name);
     const argv = qemuArgv(vm, paths, { accel: facts.accel, incoming: true, paused: true, prealloc: true });
-    const pid = await spawnDetached(facts.qemuBinary, argv, log);
+    const pid = await this.spawnQemu(facts.qemuBinary, argv, log);
     await writeJsonAtomic(this.runtimePath(vm.name), {
       pid,
       qmpSocket: paths.qmpSocket,
@@ -756,11 +1018,55 @@ export class LocalHost implements HostDriver {
       const port = q['socket-address']?.[0]?.port;
       if (!port)
         throw new FerryError('migration-failed', `QEMU on ${this.name} did not report its migration port`);
-      return { uri: `${req.scheme}:${host}:${port}` };
+      const nbd =
+        newDisks.length > 0
+          ? await this.exportDisks(
+              s.qmp,
+              newDisks.map((d) => d.id),
+            )
+          : null;
+      return { uri: `${req.scheme}:${host}:${port}`, nbd };
     } catch (err) {
       await this.abortIncoming(vm.name).catch(() => undefined);
       throw err;
     }
+  }
+
+  private newDisksPath(name: string): string {
+    return path.join(this.vmDir(name), 'incoming-disks.json');
+  }
+
+  /**
+   * Writable NBD exports of the skeleton's new disks, on the migration address only, on a port from
+   * this host's range (QEMU 7.2 does not report a port it picked itself).
+   */
+  private async exportDisks(qmp: QmpClient, ids: string[]): Promise<NbdTarget> {
+    const host = this.record.migrationAddress;
+    let port = 0;
+    for (let p = this.record.portBase + 1; p < this.record.portBase + 100 && !port; p++) {
+      try {
+        // 7.2 wants the legacy address form {type, data}.
+        await qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(p) } } });
+        port = p;
+      } catch (err) {
+        if (!/in use|already/i.test((err as Error).message)) throw err;
+      }
+    }
+    if (!port)
+      throw new FerryError(
+        'migration-failed',
+        `no free NBD port on ${this.name} in ${this.record.portBase + 1}-${this.record.portBase + 99}`,
+      );
+    for (const id of ids) {
+      await qmp.execute('block-export-add', {
+        type: 'nbd',
+        id: `ferry-export-${id}`,
+        'node-name': id,
+        name: id,
+        writable: true,
+      });
+    }
+    return { host, port, exports: ids.map((id) => ({ id, name: id })) };
   }
 
   async incomingRunState(name: string): Promise<string> {
@@ -791,6 +1097,11 @@ export class LocalHost implements HostDriver {
 
   async finishIncoming(name: string): Promise<{ resumedAt: number }> {
     const s = this.session(name);
+    // The source has let go of the NBD exports (its mirror nodes are deleted): close them.
+    if (fs.existsSync(this.newDisksPath(name))) {
+      await s.qmp.execute('nbd-server-stop').catch(() => undefined);
+      await fs.promises.rm(this.newDisksPath(name), { force: true });
+    }
     // Commit first: from here this host owns the VM. Then run it.
     await fs.promises.rename(path.join(this.vmDir(name), 'incoming.json'), this.configPath(name));
     const resumed = s.qmp.waitEvent('RESUME', () => true, 10_000);
@@ -814,7 +1125,16 @@ export class LocalHost implements HostDriver {
     const rt = await this.runtime(name);
     if (rt) await killQemu(rt.pid, rt.qmpSocket);
     if (rt) for (const sock of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(sock, { force: true });
-    if (!(await this.hasVm(name))) await this.removeVmState(name);
+    if (!(await this.hasVm(name))) {
+      // Partial copies of a shared-nothing move: never leave them behind.
+      const made = await readJson(this.newDisksPath(name), z.array(z.string())).catch(() => null);
+      for (const f of made ?? []) {
+        await fs.promises.rm(f, { force: true });
+        await fs.promises.rmdir(path.dirname(f)).catch(() => undefined);
+      }
+      await fs.promises.rm(this.newDisksPath(name), { force: true });
+      await this.removeVmState(name);
+    }
   }
 
   // ---- files ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import {
   type MigrationEvent,
   type MoveOptions,
   type MoveRequestParsed,
+  type Disk,
   type PhaseName,
   type Sample,
   type Summary,
@@ -51,6 +52,15 @@ export interface MoveContext {
   cancelRequested: () => boolean;
   /** Called as each phase starts, so the manager can refuse a cancel after phase 3. */
   onPhase: (phase: number) => void;
+  /** Shared-nothing (R3): the disks the destination creates, its configuration, what the source deletes. */
+  storage: SharedNothing | null;
+}
+
+export interface SharedNothing {
+  newDisks: Disk[];
+  destConfig: VmConfig;
+  /** Source files to delete after success (empty with keep-source). */
+  deleteSourceDisks: string[];
 }
 
 class Cancelled extends Error {}
@@ -80,6 +90,8 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
 
   let begun = false;
   let prepared = false;
+  let mirroring = false;
+  let storageCopyMs: number | null = null;
   let completed = false; // QEMU finished sending: from here on, never roll back to the source
   let destRunning = false;
   let last: OutgoingStats | null = null;
@@ -93,12 +105,13 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     await source.beginOutgoing(name, ctx.id, dest.name);
     begun = true;
     checkCancel();
-    const { uri } = await dest.prepareIncoming({
+    const { uri, nbd } = await dest.prepareIncoming({
       migrationId: ctx.id,
-      config: vm,
+      config: ctx.storage?.destConfig ?? vm,
       capabilities: plan.destCapabilities,
       parameters: plan.destParameters,
       scheme: plan.scheme,
+      ...(ctx.storage ? { newDisks: ctx.storage.newDisks } : {}),
     });
     prepared = true;
     ctx.emit({
@@ -107,6 +120,43 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
       message: `${dest.name} is listening on ${uri}; skeleton VM started with ${vm.memoryMiB} MiB allocated`,
     });
     checkCancel();
+
+    // ---- storage copy (shared-nothing) ----------------------------------------------------------
+    // The disks are copied while the VM runs, reads and writes staying on the source; once a disk is
+    // copied every write goes to both. Only when all are in sync does the memory migration start.
+    if (ctx.storage && nbd) {
+      end(1);
+      const copyStart = ctx.now();
+      await source.startDiskMirror(name, nbd, options.bandwidthMiBs);
+      mirroring = true;
+      let lastEmit = -Infinity;
+      for (;;) {
+        checkCancel();
+        const jobs = await source.diskJobs(name);
+        const failed = jobs.find((j) => j.error || j.status === 'gone' || j.status === 'concluded');
+        if (failed)
+          throw new FerryError(
+            'migration-failed',
+            `copying ${failed.id} failed: ${failed.error ?? failed.status}`,
+          );
+        const done = jobs.every((j) => j.ready);
+        if (done || ctx.now() - lastEmit >= SAMPLE_MS) {
+          lastEmit = ctx.now();
+          ctx.emit({
+            type: 'storage-copy',
+            disks: jobs.map((j) => ({ id: j.id, copied: j.copied, total: j.total })),
+          });
+        }
+        if (done) break;
+        await sleep(POLL_MS * 2);
+      }
+      storageCopyMs = ctx.now() - copyStart;
+      ctx.emit({
+        type: 'log',
+        level: 'info',
+        message: `disks in sync after ${storageCopyMs} ms; writes now go to both hosts`,
+      });
+    }
 
     // ---- 2 Memory pages -------------------------------------------------------------------------
     begin(2);
@@ -173,6 +223,11 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     // The source's vCPUs are paused (pause-before-switchover): Ferry holds the cut-over moment.
     begin(3);
     checkCancel();
+    if (mirroring) {
+      // The guest is paused: end the mirrors so the destination's disks hold exactly the last state.
+      await source.finishDiskMirror(name);
+      mirroring = false;
+    }
     await source.continueOutgoing(name);
     let postcopy = false;
     for (;;) {
@@ -255,9 +310,9 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     await dest.announce(name).catch((e: Error) => warnings.push(`announce-self failed: ${e.message}`));
     // QEMU fills in its own downtime figure a moment after completion: read it before the source goes.
     last = await source.outgoingStats(name).catch(() => last);
-    await source.confirmOutgoing(name);
+    await source.confirmOutgoing(name, ctx.storage?.deleteSourceDisks ?? []);
     end(6);
-    return summary(ctx, 'completed', null, timings, last, stoppedAt, resumedAt, warnings);
+    return summary(storageCopyMs, ctx, 'completed', null, timings, last, stoppedAt, resumedAt, warnings);
   } catch (err) {
     const cancelled = err instanceof Cancelled;
     const reason = cancelled ? 'cancelled by the administrator' : (err as Error).message;
@@ -268,9 +323,13 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
       await source
         .confirmOutgoing(name)
         .catch((e: Error) => warnings.push(`source clean-up failed: ${e.message}`));
-      return summary(ctx, 'completed', null, timings, last, stoppedAt, resumedAt, warnings);
+      return summary(storageCopyMs, ctx, 'completed', null, timings, last, stoppedAt, resumedAt, warnings);
     }
     // Roll back: the VM keeps (or resumes) running on the source; the destination forgets it.
+    if (mirroring)
+      await source
+        .abortDiskMirror(name)
+        .catch((e: Error) => warnings.push(`stopping the disk copy failed: ${e.message}`));
     if (prepared)
       await dest
         .abortIncoming(name)
@@ -281,7 +340,17 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
         warnings.push(`the source did not take the VM back cleanly: ${e.message}`),
       );
     }
-    return summary(ctx, cancelled ? 'cancelled' : 'failed', reason, timings, last, stoppedAt, null, warnings);
+    return summary(
+      storageCopyMs,
+      ctx,
+      cancelled ? 'cancelled' : 'failed',
+      reason,
+      timings,
+      last,
+      stoppedAt,
+      null,
+      warnings,
+    );
   }
 }
 
@@ -321,7 +390,8 @@ async function waitForHeartbeat(
   return null;
 }
 
-function summary(
+export function summary(
+  storageCopyMs: number | null,
   ctx: MoveContext,
   status: Summary['status'],
   reason: string | null,
@@ -346,7 +416,7 @@ function summary(
     qemuDowntimeMs: last?.downtimeMs || null,
     bytes: last?.transferred ?? 0,
     passes: last?.passes ?? 0,
-    storageCopyMs: null,
+    storageCopyMs,
     phases: PHASES.map((p) => {
       const t = timings.get(p.phase);
       return { phase: p.phase, name: p.name, ms: t && t.end !== null ? t.end - t.start : null };

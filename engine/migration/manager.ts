@@ -13,12 +13,14 @@ import {
   type PreflightReport,
   type QueueEntry,
   type Summary,
+  type VmConfig,
 } from '../api/index.js';
 import type { HostDriver } from '../host/driver.js';
 import type { Inventory } from '../host/inventory.js';
 import { History } from './history.js';
-import { liveMigration, type EventSink } from './live-migration.js';
-import { preflight } from './preflight.js';
+import { liveMigration, type EventSink, type MoveContext, type SharedNothing } from './live-migration.js';
+import { storageMove } from './storage-move.js';
+import { preflight, type DiskTarget } from './preflight.js';
 import { QueueCancelled, Scheduler } from './scheduler.js';
 
 export type Listener = (e: MigrationEvent) => void;
@@ -118,7 +120,7 @@ export class MigrationManager {
 
     const run = async (): Promise<Summary> => {
       try {
-        const { report, options, vm } = await preflight(req, source, dest);
+        const { report, options, vm, targets } = await preflight(req, source, dest);
         rec.preflight = report;
         rec.options = options;
         if (report.errors.length > 0) {
@@ -139,7 +141,7 @@ export class MigrationManager {
         rec.startedAt = new Date().toISOString();
         emit({ type: 'started', vm: req.vm, from: source.name, to: dest.name, kind: req.kind, options });
         for (const w of report.warnings) emit({ type: 'log', level: 'warn', message: w.message });
-        return await liveMigration({
+        const ctx: MoveContext = {
           id,
           request: req,
           vm,
@@ -153,7 +155,9 @@ export class MigrationManager {
             state.phase = phase;
             void this.scheduler.setPhase(id, phase).catch(() => undefined);
           },
-        });
+          storage: req.includeStorage ? sharedNothing(vm, targets, req.keepSource) : null,
+        };
+        return req.kind === 'storage' ? await storageMove(ctx, targets) : await liveMigration(ctx);
       } catch (err) {
         if (err instanceof QueueCancelled)
           return ended(id, req, source.name, dest.name, 'cancelled', 'cancelled while queued', now());
@@ -216,6 +220,20 @@ export class MigrationManager {
   queue(): Promise<QueueEntry[]> {
     return this.scheduler.list();
   }
+}
+
+/** Shared-nothing: the destination's copy of each disk at its target, and what the source deletes after. */
+function sharedNothing(vm: VmConfig, targets: DiskTarget[], keepSource: boolean): SharedNothing {
+  const newDisks = vm.disks.map((d) => ({
+    ...d,
+    path: targets.find((t) => t.id === d.id)!.path,
+    owned: true,
+  }));
+  return {
+    newDisks,
+    destConfig: { ...vm, disks: newDisks },
+    deleteSourceDisks: keepSource ? [] : vm.disks.map((d) => d.path),
+  };
 }
 
 /** Keeps the record in step with the events: phases, samples, escalations and log lines. */

@@ -4,6 +4,7 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import {
   type CheckItem,
+  type HostRecord,
   type HostFacts,
   type HostSettings,
   type MoveOptions,
@@ -260,11 +261,157 @@ async function checkSharedStorage(
   return out;
 }
 
+/** A host's own local storage: where shared-nothing moves put disks unless told otherwise. */
+export function localStorageDir(rec: HostRecord): string {
+  return rec.kind === 'lab'
+    ? path.join(path.dirname(rec.vmDir), rec.name)
+    : path.join(rec.stateDir, 'storage');
+}
+
+export interface DiskTarget {
+  id: string;
+  path: string;
+}
+
+/**
+ * Where each disk goes (Hyper-V's move options): every file to one folder, a folder per disk, or by
+ * default the destination's own storage. Files keep their names. Checked: absolute paths inside the
+ * destination's storage roots, no two disks onto one file, nothing overwritten, room for each.
+ */
+export async function planDiskTargets(
+  req: MoveRequestParsed,
+  vm: VmConfig,
+  dest: HostDriver,
+  roots: string[],
+): Promise<{ targets: DiskTarget[]; errors: CheckItem[] }> {
+  const errors: CheckItem[] = [];
+  const storageOnly = req.kind === 'storage';
+  const targets: DiskTarget[] = [];
+  const folderOf = (diskId: string): string | null => {
+    if (req.diskPaths) return req.diskPaths[diskId] ?? null;
+    if (req.storagePath) return req.storagePath;
+    return storageOnly ? null : path.join(localStorageDir(dest.record), vm.name);
+  };
+  if (storageOnly && !req.diskPaths && !req.storagePath) {
+    errors.push({
+      code: 'no-destination-path',
+      message: 'a storage move needs --storage-path DIR or --disk-path DISK=DIR',
+    });
+  }
+  for (const id of Object.keys(req.diskPaths ?? {})) {
+    if (!vm.disks.some((d) => d.id === id)) {
+      errors.push({
+        code: 'unknown-disk',
+        message: `${vm.name} has no disk ${id} (its disks: ${vm.disks.map((d) => d.id).join(', ') || 'none'})`,
+      });
+    }
+  }
+  for (const disk of vm.disks) {
+    const folder = folderOf(disk.id);
+    if (folder === null) {
+      if (!storageOnly)
+        errors.push({ code: 'disk-path-missing', message: `no destination folder for ${disk.id}` });
+      continue;
+    }
+    if (!path.isAbsolute(folder)) {
+      errors.push({
+        code: 'relative-path',
+        message: `${folder} is a relative path; give an absolute folder for ${disk.id}`,
+      });
+      continue;
+    }
+    if (!underRoots(folder, roots)) {
+      errors.push({
+        code: 'path-outside-roots',
+        message: `${folder} is outside ${dest.name}'s storage roots (${roots.join(', ') || 'none'})`,
+      });
+      continue;
+    }
+    const file = path.join(path.resolve(folder), path.basename(disk.path));
+    if (file === path.resolve(disk.path)) {
+      if (storageOnly) errors.push({ code: 'same-location', message: `${disk.id} is already at ${file}` });
+      else
+        errors.push({
+          code: 'same-location',
+          message: `${file} is ${disk.id}'s current file; choose another folder`,
+        });
+      continue;
+    }
+    if (targets.some((t) => t.path === file)) {
+      errors.push({ code: 'target-collision', message: `two disks would be copied to ${file}` });
+      continue;
+    }
+    targets.push({ id: disk.id, path: file });
+  }
+  const seen = await dest.statFiles(targets.map((t) => t.path));
+  for (const f of seen.filter((x) => x.exists)) {
+    errors.push({
+      code: 'target-exists',
+      message: `${f.path} already exists on ${dest.name}; Ferry will not overwrite it`,
+    });
+  }
+  // Room at each destination folder for the disks going there (their full virtual size).
+  const need = new Map<string, number>();
+  for (const t of targets) {
+    const size = vm.disks.find((d) => d.id === t.id)!.sizeBytes;
+    need.set(path.dirname(t.path), (need.get(path.dirname(t.path)) ?? 0) + size);
+  }
+  const free = await dest.freeSpace([...need.keys()]);
+  for (const f of free) {
+    const n = need.get(f.dir)!;
+    if (n > f.freeBytes) {
+      errors.push({
+        code: 'insufficient-disk',
+        message: `${f.dir} on ${dest.name} has ${gib(f.freeBytes)} free; the disks going there need ${gib(n)}`,
+      });
+    }
+  }
+  return { targets, errors };
+}
+
+const gib = (b: number): string => `${(b / 1024 ** 3).toFixed(1)} GiB`;
+
+export interface Prepared {
+  report: PreflightReport;
+  options: MoveOptions;
+  vm: VmConfig;
+  /** Disk targets for shared-nothing and storage-only moves. */
+  targets: DiskTarget[];
+}
+
+/** Storage-only move (R4): same host, running VM, valid targets with room. */
+async function storagePreflight(request: MoveRequestParsed, host: HostDriver): Promise<Prepared> {
+  const [vm, info, view] = await Promise.all([
+    host.vmConfig(request.vm),
+    host.vmInfo(request.vm),
+    hostView(host),
+  ]);
+  const options = resolveOptions(request, view.settings, view.facts);
+  const errors: CheckItem[] = [];
+  if (info.state === 'migrating')
+    errors.push({ code: 'vm-migrating', message: `${vm.name} is already being moved` });
+  else if (info.state !== 'running' && info.state !== 'paused') {
+    errors.push({
+      code: 'vm-not-running',
+      message: `${vm.name} is ${info.state}; a live storage move needs it running`,
+    });
+  }
+  if (vm.disks.length === 0) errors.push({ code: 'no-disks', message: `${vm.name} has no disks to move` });
+  const { targets, errors: targetErrors } = await planDiskTargets(
+    request,
+    vm,
+    host,
+    view.settings.storageRoots,
+  );
+  return { report: { errors: [...errors, ...targetErrors], warnings: [] }, options, vm, targets };
+}
+
 export async function preflight(
   request: MoveRequestParsed,
   source: HostDriver,
   dest: HostDriver,
-): Promise<{ report: PreflightReport; options: MoveOptions; vm: VmConfig }> {
+): Promise<Prepared> {
+  if (request.kind === 'storage') return storagePreflight(request, source);
   const [vm, info, s, d, destHasVm] = await Promise.all([
     source.vmConfig(request.vm),
     source.vmInfo(request.vm),
@@ -287,5 +434,11 @@ export async function preflight(
     options,
     sharedStorage,
   });
-  return { report, options, vm };
+  let targets: DiskTarget[] = [];
+  if (request.includeStorage) {
+    const planned = await planDiskTargets(request, vm, dest, d.settings.storageRoots);
+    targets = planned.targets;
+    report.errors.push(...planned.errors);
+  }
+  return { report, options, vm, targets };
 }

@@ -1,0 +1,219 @@
+// Migration benchmark: for the same VM on the same machine in one run, a raw QMP migration (only QEMU's
+// own commands, the baseline) beside `ferry move`, for each performance option; then the same over a
+// 1 Gbit/s link shaped with tc between two network namespaces, where the link and not QEMU is the
+// limit (needs root). Prints the figures side by side.
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { MoveOptions, PerformanceOption, VmConfig } from '../../engine/api/index.js';
+import { Inventory } from '../../engine/host/inventory.js';
+import { labGuestImage } from '../../engine/host/store.js';
+import { MigrationManager } from '../../engine/migration/manager.js';
+import { qemuArgv } from '../../engine/qemu/argv.js';
+import { capabilityList, planMigration } from '../../engine/qemu/migration.js';
+import { connectWhenReady, killQemu, spawnDetached } from '../../engine/qemu/process.js';
+import { tempHome, waitForPasses } from '../helpers.js';
+
+const OPTIONS: PerformanceOption[] = ['tcp', 'compression', 'multichannel'];
+const ROUNDS = Number(process.env.FERRY_BENCH_ROUNDS ?? 3);
+const MEMORY = 1024;
+const WORKING_SET = 64;
+const rows: string[][] = [];
+const homes: Inventory[] = [];
+
+afterAll(async () => {
+  for (const inv of homes) await inv.labDown().catch(() => undefined);
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const text = rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ')).join('\n');
+  console.log(
+    `\nMigration benchmark (${MEMORY} MiB VM, ${WORKING_SET} MiB working set at 50 MiB/s, median of ${ROUNDS})\n${text}\n`,
+  );
+});
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+function opts(performance: PerformanceOption, bandwidthMiBs: number | null): MoveOptions {
+  return {
+    performance,
+    channels: 4,
+    bandwidthMiBs,
+    downtimeMs: 300,
+    downtimeCeilingMs: 2000,
+    convergence: 'raise-downtime',
+    compression: performance === 'compression' ? 'zstd' : null,
+  };
+}
+
+/** The baseline: two QEMUs and QMP only — what an administrator would script by hand. */
+async function rawMigration(
+  dir: string,
+  vm: VmConfig,
+  o: MoveOptions,
+  listen: string,
+  netns: { src?: string; dst?: string },
+): Promise<{ totalMs: number; downtimeMs: number }> {
+  fs.mkdirSync(dir, { recursive: true });
+  const plan = planMigration(o);
+  const paths = (side: string) => ({
+    qmpSocket: `/tmp/fb-${process.pid}-${side}.qmp`,
+    statusSocket: `/tmp/fb-${process.pid}-${side}.st`,
+    serialLog: path.join(dir, `${side}.serial`),
+    pidFile: path.join(dir, `${side}.pid`),
+    labGuestKernel: labGuestImage(),
+  });
+  const start = async (side: 'src' | 'dst') => {
+    const p = paths(side);
+    for (const s of [p.qmpSocket, p.statusSocket]) fs.rmSync(s, { force: true });
+    const argv = qemuArgv(vm, p, {
+      accel: 'tcg',
+      incoming: side === 'dst',
+      paused: side === 'dst',
+      prealloc: side === 'dst',
+    });
+    const ns = netns[side];
+    const pid = ns
+      ? await spawnDetached(
+          'ip',
+          ['netns', 'exec', ns, 'qemu-system-x86_64', ...argv],
+          path.join(dir, `${side}.log`),
+        )
+      : await spawnDetached('qemu-system-x86_64', argv, path.join(dir, `${side}.log`));
+    return {
+      pid,
+      qmp: await connectWhenReady(p.qmpSocket, pid, path.join(dir, `${side}.log`), 60_000),
+      sock: p.qmpSocket,
+    };
+  };
+  const src = await start('src');
+  const dst = await start('dst');
+  try {
+    await sleep(3000); // let the guest boot and dirty its working set
+    await dst.qmp.execute('migrate-set-capabilities', {
+      capabilities: capabilityList(plan.destCapabilities),
+    });
+    if (Object.keys(plan.destParameters).length)
+      await dst.qmp.execute('migrate-set-parameters', plan.destParameters);
+    await dst.qmp.execute('migrate-incoming', { uri: `tcp:${listen}:0` });
+    const port = (await dst.qmp.execute<{ 'socket-address': { port: string }[] }>('query-migrate'))[
+      'socket-address'
+    ][0]!.port;
+    const caps = { ...plan.sourceCapabilities, 'pause-before-switchover': false };
+    await src.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(caps) });
+    await src.qmp.execute('migrate-set-parameters', plan.sourceParameters);
+    await dst.qmp.execute('cont').catch(() => undefined); // autostart on arrival, as a plain migration does
+    await src.qmp.execute('migrate', { uri: `tcp:${listen}:${port}` });
+    for (;;) {
+      const q = await src.qmp.execute<{ status: string; 'total-time'?: number; downtime?: number }>(
+        'query-migrate',
+      );
+      if (q.status === 'failed') throw new Error('raw migration failed');
+      if (q.status === 'completed' && q.downtime)
+        return { totalMs: q['total-time']!, downtimeMs: q.downtime };
+      await sleep(20);
+    }
+  } finally {
+    await src.qmp.close();
+    await dst.qmp.close();
+    await killQemu(src.pid, src.sock);
+    await killQemu(dst.pid, dst.sock);
+  }
+}
+
+async function ferryRounds(
+  inv: Inventory,
+  performance: PerformanceOption,
+  bandwidthMiBs: number | undefined,
+): Promise<{ total: number; down: number; qemuDown: number }> {
+  const manager = new MigrationManager(inv);
+  const totals: number[] = [];
+  const downs: number[] = [];
+  const qemuDowns: number[] = [];
+  for (let i = 0; i < ROUNDS; i++) {
+    const from = (await inv.locate('bench')).name;
+    const to = from === 'lab1' ? 'lab2' : 'lab1';
+    const s = await (await manager.start({ vm: 'bench', to, performance, bandwidthMiBs })).done;
+    expect(s.status, s.reason ?? '').toBe('completed');
+    totals.push(s.totalMs);
+    downs.push(s.downtimeMs ?? 0);
+    qemuDowns.push(s.qemuDowntimeMs ?? 0);
+  }
+  return { total: median(totals), down: median(downs), qemuDown: median(qemuDowns) };
+}
+
+async function labWithVm(label: string, link?: number): Promise<Inventory> {
+  const inv = new Inventory(tempHome(label));
+  homes.push(inv);
+  await inv.labUp(2, link ? { linkMbit: link } : {});
+  await inv.createVm({
+    name: 'bench',
+    host: 'lab1',
+    memoryMiB: MEMORY,
+    labGuest: { workingSetMiB: WORKING_SET, dirtyRateMiBs: 50 },
+  });
+  await (await inv.host('lab1')).startVm('bench');
+  await waitForPasses(inv, 'bench', 2);
+  return inv;
+}
+
+async function compare(
+  scenario: string,
+  inv: Inventory,
+  listen: string,
+  netns: { src?: string; dst?: string },
+): Promise<void> {
+  if (rows.length === 0)
+    rows.push([
+      'scenario',
+      'option',
+      'raw QMP total',
+      'raw QMP downtime',
+      'ferry total',
+      'ferry downtime (guest paused)',
+      'ferry QEMU downtime',
+    ]);
+  const vm = await (await inv.locate('bench')).vmConfig('bench');
+  for (const performance of OPTIONS) {
+    const raws: { totalMs: number; downtimeMs: number }[] = [];
+    for (let i = 0; i < ROUNDS; i++)
+      raws.push(
+        await rawMigration(
+          path.join(inv.home, `raw-${performance}-${i}`),
+          { ...vm, name: `raw${i}` },
+          opts(performance, null),
+          listen,
+          netns,
+        ),
+      );
+    const f = await ferryRounds(inv, performance, undefined);
+    rows.push([
+      scenario,
+      performance,
+      `${median(raws.map((r) => r.totalMs))} ms`,
+      `${median(raws.map((r) => r.downtimeMs))} ms`,
+      `${f.total} ms`,
+      `${f.down} ms`,
+      `${f.qemuDown} ms`,
+    ]);
+  }
+}
+
+describe('migration benchmark', () => {
+  it('loopback, no bandwidth limit: raw QMP vs ferry move', async () => {
+    const inv = await labWithVm('bench-loop');
+    await compare('loopback', inv, '127.0.0.1', {});
+  });
+
+  it('1 Gbit/s link shaped with tc between two network namespaces (root only)', async (ctx) => {
+    if (process.getuid?.() !== 0) {
+      rows.push(['1 Gbit/s link', 'not run: needs root for network namespaces', '', '', '', '', '']);
+      ctx.skip();
+    }
+    const inv = await labWithVm('bench-link', 1000);
+    const [a, b] = await inv.labHosts();
+    await compare('1 Gbit/s link', inv, b!.migrationAddress, {
+      src: a!.netns ?? undefined,
+      dst: b!.netns ?? undefined,
+    });
+  });
+});
