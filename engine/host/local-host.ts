@@ -515,7 +515,8 @@ export class LocalHost implements HostDriver {
         await fs.promises.rm(this.runtimePath(name), { force: true });
         return;
       }
-      refuseWhileMigrating(name, rt);
+      // Turning a VM off wins over its move (the move then fails and cleans up); a shut-down waits.
+      if (!opts.force) refuseWhileMigrating(name, rt);
       await writeJsonAtomic(this.runtimePath(name), { ...rt, stopRequested: true });
       let gone = false;
       if (!opts.force) {
@@ -1139,9 +1140,22 @@ export class LocalHost implements HostDriver {
 
   // ---- files ----------------------------------------------------------------------------------
 
+  /**
+   * Lab hosts share one machine but model separate ones: lab/shared is their shared storage, and
+   * lab/<host>/ is that host's own local storage, out of the other lab hosts' reach.
+   */
+  private reaches(p: string): boolean {
+    if (this.record.kind !== 'lab') return true;
+    const rel = path.relative(path.dirname(this.record.vmDir), path.resolve(p));
+    const top = rel.split(path.sep)[0] ?? '';
+    return rel.startsWith('..') || !/^lab\d+$/.test(top) || top === this.name;
+  }
+
   async statFiles(paths: string[]): Promise<FileIdentity[]> {
     return Promise.all(
       paths.map(async (p) => {
+        if (!this.reaches(p))
+          return { path: p, exists: false, device: 0, inode: 0, size: 0, kind: 'missing' } as const;
         try {
           const st = await fs.promises.stat(p);
           const kind = st.isFile()
@@ -1164,6 +1178,7 @@ export class LocalHost implements HostDriver {
   }
 
   async readMarker(file: string): Promise<string | null> {
+    if (!this.reaches(file)) return null;
     return fs.promises.readFile(file, 'utf8').catch(() => null);
   }
 

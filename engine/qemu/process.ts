@@ -6,12 +6,22 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError } from '../api/index.js';
 import { QmpClient } from './qmp.js';
 
+/** How children started by this process ended, for error messages (a signal leaves no log line). */
+const exits = new Map<number, string>();
+
+export function exitOf(pid: number): string | null {
+  return exits.get(pid) ?? null;
+}
+
 /** Starts QEMU in its own session with stdout/stderr appended to logFile; returns its pid. */
 export async function spawnDetached(binary: string, argv: string[], logFile: string): Promise<number> {
   const fd = fs.openSync(logFile, 'a');
   try {
     const child = spawn(binary, argv, { detached: true, stdio: ['ignore', fd, fd] });
     const pid = await new Promise<number>((resolve, reject) => {
+      child.once('exit', (code, signal) =>
+        exits.set(child.pid!, signal ? `killed by ${signal}` : `exit code ${code}`),
+      );
       child.once('spawn', () => resolve(child.pid!));
       child.once('error', (err) =>
         reject(new FerryError('qemu-failed', `cannot start ${binary}: ${err.message}`)),
@@ -39,7 +49,9 @@ export function isQemuAlive(pid: number, marker: string): boolean {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
     if (state === 'Z' || state === 'X') return false;
-    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(marker);
+    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    // Empty while the process is between exec()s (e.g. `ip netns exec` becoming QEMU): still alive.
+    return cmdline === '' || cmdline.includes(marker);
   } catch {
     return false;
   }
@@ -81,7 +93,11 @@ export async function connectWhenReady(
   let lastErr: unknown = null;
   while (Date.now() < deadline) {
     if (!isQemuAlive(pid, socketPath)) {
-      throw new FerryError('qemu-failed', `QEMU exited during start-up: ${tailOf(logFile) || 'no message'}`);
+      const how = exitOf(pid);
+      throw new FerryError(
+        'qemu-failed',
+        `QEMU exited during start-up${how ? ` (${how})` : ''}: ${tailOf(logFile) || 'no message'}`,
+      );
     }
     if (fs.existsSync(socketPath)) {
       try {

@@ -1,5 +1,9 @@
 // The Electron binary cannot run in CI, so the main process is exercised against a mocked
 // `electron` module: what matters here is which options and guards we hand to Electron.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
 import type { BrowserWindowConstructorOptions, Session, WebContents } from 'electron';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
@@ -7,8 +11,17 @@ import {
   denyAllPermissions,
   installNavigationGuards,
   isAppUrl,
+  restrictPermissions,
   secureWindowOptions,
 } from '../../electron/window.js';
+import {
+  DEFAULT_STATE,
+  fitToDisplays,
+  readWindowState,
+  trackWindowState,
+  writeWindowState,
+  type WindowState,
+} from '../../electron/window-state.js';
 
 const fakes = vi.hoisted(() => {
   type Listener = (...args: unknown[]) => void;
@@ -41,7 +54,12 @@ const fakes = vi.hoisted(() => {
     readonly loadURL = vi.fn((_url: string) => Promise.resolve());
     readonly loadFile = vi.fn((_file: string) => Promise.resolve());
     readonly once = vi.fn();
+    readonly on = vi.fn();
     readonly show = vi.fn();
+    readonly maximize = vi.fn();
+    readonly getNormalBounds = vi.fn(() => ({ x: 10, y: 20, width: 1000, height: 700 }));
+    readonly isMaximized = vi.fn(() => false);
+    readonly isDestroyed = vi.fn(() => false);
 
     constructor(readonly options: BrowserWindowConstructorOptions) {
       FakeBrowserWindow.instances.push(this);
@@ -55,16 +73,34 @@ const fakes = vi.hoisted(() => {
     quit: vi.fn(),
     exit: vi.fn(),
     whenReady: vi.fn(() => Promise.resolve()),
+    getPath: vi.fn((_name: string) => '/nonexistent/ferry-user-data'),
   };
   const defaultSession = { setPermissionRequestHandler: vi.fn(), setPermissionCheckHandler: vi.fn() };
+  const ipcMain = { handle: vi.fn(), on: vi.fn(), removeHandler: vi.fn(), removeListener: vi.fn() };
+  const screen = { getAllDisplays: vi.fn(() => [{ workArea: { x: 0, y: 0, width: 1920, height: 1080 } }]) };
+  const engine = { constructed: 0 };
 
-  return { FakeWebContents, FakeBrowserWindow, app, defaultSession };
+  return { FakeWebContents, FakeBrowserWindow, app, defaultSession, ipcMain, screen, engine };
 });
 
 vi.mock('electron', () => ({
   app: fakes.app,
   BrowserWindow: fakes.FakeBrowserWindow,
   session: { defaultSession: fakes.defaultSession },
+  ipcMain: fakes.ipcMain,
+  screen: fakes.screen,
+}));
+
+// The engine itself is not under test here: main.ts must create one and bind it to IPC.
+vi.mock('../../engine/service/api-service.js', () => ({
+  ApiService: class {
+    constructor() {
+      fakes.engine.constructed++;
+    }
+    call = vi.fn();
+    subscribe = vi.fn(() => () => undefined);
+  },
+  toApiError: (e: unknown) => ({ code: 'internal', message: String(e) }),
 }));
 
 type FakeWebContents = InstanceType<typeof fakes.FakeWebContents>;
@@ -141,6 +177,36 @@ describe('installNavigationGuards', () => {
   });
 });
 
+describe('restrictPermissions', () => {
+  it('allows notifications for the app page only, and nothing else', () => {
+    const session = { setPermissionRequestHandler: vi.fn(), setPermissionCheckHandler: vi.fn() };
+    restrictPermissions(session as unknown as Session, (url) => isAppUrl(url, 'file:///app/index.html'));
+    const request = session.setPermissionRequestHandler.mock.calls[0]?.[0] as (
+      contents: { getURL(): string },
+      permission: string,
+      callback: (granted: boolean) => void,
+    ) => void;
+    const check = session.setPermissionCheckHandler.mock.calls[0]?.[0] as (
+      contents: { getURL(): string } | null,
+      permission: string,
+    ) => boolean;
+    const app = { getURL: () => 'file:///app/index.html' };
+    const evil = { getURL: () => 'https://evil.example/' };
+    const granted = (contents: typeof app, permission: string): boolean => {
+      let answer: boolean | undefined;
+      request(contents, permission, (g) => (answer = g));
+      return answer === true;
+    };
+    expect(granted(app, 'notifications')).toBe(true);
+    expect(granted(evil, 'notifications')).toBe(false);
+    expect(granted(app, 'media')).toBe(false);
+    expect(granted(app, 'geolocation')).toBe(false);
+    expect(check(app, 'notifications')).toBe(true);
+    expect(check(null, 'notifications')).toBe(false);
+    expect(check(app, 'clipboard-read')).toBe(false);
+  });
+});
+
 describe('denyAllPermissions', () => {
   it('denies permission requests and checks', () => {
     const session = { setPermissionRequestHandler: vi.fn(), setPermissionCheckHandler: vi.fn() };
@@ -171,6 +237,7 @@ describe('electron/main.ts', () => {
   beforeEach(() => {
     fakes.FakeBrowserWindow.instances = [];
     fakes.app.isPackaged = false;
+    fakes.engine.constructed = 0;
     vi.clearAllMocks();
   });
 
@@ -191,6 +258,10 @@ describe('electron/main.ts', () => {
     });
     expect(win.options.webPreferences?.preload).toMatch(/[\\/]preload[\\/]index\.cjs$/);
     expect(fakes.defaultSession.setPermissionRequestHandler).toHaveBeenCalledOnce();
+    // The engine runs in the main process, reachable only through the checked IPC handlers.
+    expect(fakes.engine.constructed).toBe(1);
+    expect(fakes.ipcMain.handle).toHaveBeenCalledWith('ferry:call', expect.any(Function));
+    expect(fakes.ipcMain.on).toHaveBeenCalledWith('ferry:subscribe', expect.any(Function));
 
     expect(win.webContents.windowOpenHandler?.({ url: 'https://example.com/' })).toEqual({ action: 'deny' });
     expect(navigate(win.webContents, 'https://example.com/')).toBe(true);
@@ -227,5 +298,62 @@ describe('electron/main.ts', () => {
     expect(onWindowAllClosed).toBeDefined();
     onWindowAllClosed?.();
     expect(fakes.app.quit).toHaveBeenCalledTimes(process.platform === 'darwin' ? 0 : 1);
+  });
+});
+
+describe('window state', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-window-state-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('remembers size, position and maximized across starts', () => {
+    const file = path.join(dir, 'window-state.json');
+    expect(readWindowState(file)).toEqual(DEFAULT_STATE);
+    const state: WindowState = { x: 100, y: 80, width: 1100, height: 700, maximized: true };
+    writeWindowState(file, state);
+    expect(readWindowState(file)).toEqual(state);
+    fs.writeFileSync(file, '{"width": "huge"}');
+    expect(readWindowState(file)).toEqual(DEFAULT_STATE);
+  });
+
+  it('opens the window with the remembered bounds', () => {
+    const opts = secureWindowOptions('/p.cjs', { x: 5, y: 6, width: 1000, height: 650, maximized: false });
+    expect(opts).toMatchObject({ x: 5, y: 6, width: 1000, height: 650 });
+    expect(secureWindowOptions('/p.cjs')).not.toHaveProperty('x');
+  });
+
+  it('drops a position that is on no display any more, keeping the size', () => {
+    const screen = [{ x: 0, y: 0, width: 1920, height: 1080 }];
+    const onScreen: WindowState = { x: 1800, y: 1000, width: 800, height: 600, maximized: false };
+    expect(fitToDisplays(onScreen, screen)).toEqual(onScreen);
+    const gone: WindowState = { x: 2500, y: 100, width: 800, height: 600, maximized: false };
+    expect(fitToDisplays(gone, screen)).toEqual({ width: 800, height: 600, maximized: false });
+  });
+
+  it('saves the normal bounds when the window moves (debounced) and when it closes', async () => {
+    const handlers = new Map<string, () => void>();
+    const win = {
+      on: vi.fn((event: string, fn: () => void) => handlers.set(event, fn)),
+      getNormalBounds: () => ({ x: 1, y: 2, width: 900, height: 600 }),
+      isMaximized: () => false,
+      isDestroyed: () => false,
+    };
+    const save = vi.fn();
+    trackWindowState(win as never, '/state.json', save, 10);
+    handlers.get('move')?.();
+    handlers.get('resize')?.();
+    expect(save).not.toHaveBeenCalled();
+    await vi.waitFor(() => expect(save).toHaveBeenCalledTimes(1));
+    handlers.get('close')?.();
+    expect(save).toHaveBeenCalledTimes(2);
+    expect(save).toHaveBeenLastCalledWith('/state.json', {
+      x: 1,
+      y: 2,
+      width: 900,
+      height: 600,
+      maximized: false,
+    });
   });
 });

@@ -1,0 +1,425 @@
+// The console in a real browser (Debian's Chromium) against `ferry web` with two lab hosts and a
+// running lab VM: the main window, the Move wizard page by page (mouse, then keyboard alone), a live
+// move's phases and charts, a blocking pre-flight error, and host settings changing the next move.
+// Every move is real (QEMU); lab1's and lab2's bandwidth is capped so a move lasts several seconds.
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Page } from 'playwright-core';
+import { ferry, tempHome, waitFor } from '../helpers.js';
+import {
+  focusIsVisible,
+  openBrowser,
+  screenshot,
+  startWeb,
+  tabTo,
+  type Browser,
+  type WebProcess,
+} from './support.js';
+
+let home: string;
+let web: WebProcess;
+let browser: Browser | null = null;
+
+interface VmJson {
+  name: string;
+  host: string;
+  state: string;
+}
+
+interface MigrationJson {
+  id: string;
+  vm: string;
+  from: string;
+  to: string;
+  status: string;
+  options: { performance: string } | null;
+}
+
+async function cli(args: string[]): Promise<string> {
+  const r = await ferry(home, args);
+  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+  return r.stdout;
+}
+
+async function vmHost(name: string): Promise<string | undefined> {
+  const vms = JSON.parse(await cli(['vm', 'list', '--json'])) as VmJson[];
+  return vms.find((v) => v.name === name)?.host;
+}
+
+async function migrations(): Promise<MigrationJson[]> {
+  return JSON.parse(await cli(['migrations', '--json'])) as MigrationJson[];
+}
+
+beforeAll(async () => {
+  home = tempHome('e2e');
+  await cli(['lab', 'up', '--hosts', '2']);
+  await cli([
+    'vm',
+    'create',
+    'demo',
+    '--host',
+    'lab1',
+    '--lab-guest',
+    '--working-set',
+    '64',
+    '--dirty-rate',
+    '8',
+    '--disk',
+    '1',
+  ]);
+  await cli(['vm', 'start', 'demo']);
+  // About 70 MiB cross the link per move: at 15 MiB/s the memory phase lasts several seconds.
+  await cli(['host', 'settings', 'lab1', '--set', 'bandwidthMiBs=15']);
+  await cli(['host', 'settings', 'lab2', '--set', 'bandwidthMiBs=15']);
+  web = await startWeb(home);
+}, 120_000);
+
+afterEach(async () => {
+  await browser?.close();
+  browser = null;
+});
+
+afterAll(async () => {
+  await web?.stop();
+  if (home) await ferry(home, ['lab', 'down']);
+}, 120_000);
+
+async function open(): Promise<Page> {
+  browser = await openBrowser(web.url);
+  const page = browser.page;
+  await page.locator('[data-testid="connection"]', { hasText: 'Connected' }).waitFor();
+  await page.locator('[data-host="lab1"]').waitFor();
+  return page;
+}
+
+const wizard = (page: Page) => page.locator('[data-testid="move-wizard"]');
+const wizardPage = (page: Page) => wizard(page).getAttribute('data-page');
+
+async function expectPage(page: Page, name: string): Promise<void> {
+  await expect.poll(() => wizardPage(page)).toBe(name);
+}
+
+/** Follows a move in the progress view to its end: the phases as they ran and the chart's growth. */
+async function followMove(page: Page, shot: string | null): Promise<{ phases: number[]; points: number[] }> {
+  const view = page.locator('[data-testid="progress-view"]');
+  await view.waitFor();
+  const phases: number[] = [];
+  const points: number[] = [];
+  let shotTaken = shot === null;
+  await waitFor(
+    'the move to end',
+    async () => {
+      const state = await page.evaluate(() => {
+        const current = document.querySelector('[data-testid="phase-stepper"] [aria-current="step"]');
+        const canvas = document.querySelector('[data-testid="throughput-chart"] canvas');
+        return {
+          phase: current ? Number(current.getAttribute('data-phase')) : null,
+          points: Number(canvas?.getAttribute('data-points') ?? 0),
+          status: document.querySelector('.progress')?.getAttribute('data-status') ?? null,
+        };
+      });
+      if (state.phase !== null && phases.at(-1) !== state.phase) phases.push(state.phase);
+      if (state.status === 'running' && state.phase === 2) points.push(state.points);
+      if (!shotTaken && state.phase === 2 && state.points >= 6) {
+        shotTaken = true;
+        await screenshot(page, shot!);
+      }
+      return state.status !== null && state.status !== 'running' && state.status !== 'queued' ? state : null;
+    },
+    90_000,
+    100,
+  );
+  return { phases, points };
+}
+
+describe('the console in a browser', () => {
+  it('shows the hosts, the VM and its details, in light and dark themes', async () => {
+    const page = await open();
+    const row = page.locator('[data-testid="vm-table"] tr', { hasText: 'demo' });
+    await expect.poll(() => row.textContent()).toMatch(/demo\s*Running\s*1\s*512 MiB\s*\d\d:\d\d:\d\d/);
+    await row.click();
+    await page.locator('[data-action="move"]').waitFor();
+    await screenshot(page, 'main-light');
+
+    await page.locator('[data-testid="theme-toggle"]').click();
+    await expect
+      .poll(() => page.evaluate(() => document.documentElement.classList.contains('ferry-dark')))
+      .toBe(true);
+    await screenshot(page, 'main-dark');
+    // Remembered across a reload.
+    await page.reload();
+    await page.locator('[data-host="lab1"]').waitFor();
+    expect(await page.evaluate(() => document.documentElement.classList.contains('ferry-dark'))).toBe(true);
+    expect(browser!.errors).toEqual([]);
+  });
+
+  it('moves the VM with the mouse through every wizard page, live, and finds it on lab2', async () => {
+    const page = await open();
+    await page.locator('.vm-name', { hasText: 'demo' }).click();
+    await page.locator('[data-action="move"]').click();
+    const next = wizard(page).getByRole('button', { name: 'Next >' });
+
+    await expectPage(page, 'begin');
+    await expect
+      .poll(() => wizard(page).textContent())
+      .toContain('This wizard moves demo, which runs on lab1');
+    await screenshot(page, 'wizard-1-before-you-begin');
+    await next.click();
+
+    await expectPage(page, 'type');
+    expect(await wizard(page).locator('#move-type-vm').isChecked()).toBe(true);
+    await screenshot(page, 'wizard-2-move-type');
+    await next.click();
+
+    await expectPage(page, 'destination');
+    const lab2 = wizard(page).locator('[data-host="lab2"]');
+    await lab2.waitFor();
+    expect(await lab2.getAttribute('data-verdict')).not.toBe('blocked');
+    expect(await wizard(page).locator('[data-host="lab1"]').count()).toBe(0); // not its own host
+    await wizard(page).locator('label[for="dest-lab2"]').click();
+    await screenshot(page, 'wizard-3-destination');
+    await next.click();
+
+    await expectPage(page, 'options');
+    await wizard(page).locator('label[for="option-per-item"]').click();
+    await screenshot(page, 'wizard-4-move-options');
+    await next.click();
+
+    await expectPage(page, 'locations');
+    expect(await next.isDisabled()).toBe(true); // no folder yet
+    await wizard(page).locator('#disk-path-disk0').fill('relative/path');
+    await expect.poll(() => wizard(page).locator('.field-error').textContent()).toMatch(/full path/);
+    await wizard(page).locator('#disk-path-disk0').fill('/srv/ferry/demo');
+    await expect.poll(() => next.isDisabled()).toBe(false);
+    await screenshot(page, 'wizard-5-locations');
+    // This run keeps the disk where it is, on the lab's shared storage.
+    await wizard(page).getByRole('button', { name: '< Previous' }).click();
+    await expectPage(page, 'options');
+    await wizard(page).locator('label[for="option-shared"]').click();
+    await next.click();
+
+    await expectPage(page, 'summary');
+    const preflight = wizard(page).locator('[data-testid="preflight"]');
+    await preflight.waitFor();
+    expect(await preflight.getAttribute('data-errors')).toBe('0');
+    const summary = wizard(page).locator('[data-testid="move-summary"]');
+    expect(await summary.locator('[data-row="Destination host"]').textContent()).toBe('lab2');
+    expect(await summary.locator('[data-row="Performance option"]').textContent()).toBe(
+      'Compression (4 channels)',
+    );
+    expect(await summary.locator('[data-row="Storage"]').textContent()).toMatch(
+      /^Move only the virtual machine/,
+    );
+    await screenshot(page, 'wizard-6-summary');
+    const finish = wizard(page).locator('[data-testid="wizard-finish"]');
+    expect(await finish.isEnabled()).toBe(true);
+    await finish.click();
+
+    // The VM table says what is happening underneath the progress view.
+    const status = page.locator('[data-status-for="demo"]');
+    const seenStatus = waitFor('the status column', async () => {
+      const t = await status.textContent().catch(() => null);
+      return t && /^Moving to lab2 — phase 2, pass \d+$/.test(t) ? t : null;
+    });
+    const { phases, points } = await followMove(page, 'progress-running');
+    expect(await seenStatus).toMatch(/phase 2, pass/);
+    expect(await page.locator('.progress').getAttribute('data-status')).toBe('completed');
+    // The stepper went through the phases in order and ended with all six done.
+    expect(phases).toEqual([...phases].sort((a, b) => a - b));
+    expect(phases[0]).toBeLessThanOrEqual(2);
+    const states = await page
+      .locator('[data-testid="phase-stepper"] li')
+      .evaluateAll((li) => li.map((l) => l.getAttribute('data-state')));
+    expect(states).toEqual(['done', 'done', 'done', 'done', 'done', 'done']);
+    // The chart gained points while the memory copy ran.
+    expect(points.length).toBeGreaterThan(2);
+    expect(Math.max(...points)).toBeGreaterThan(Math.min(...points));
+    await screenshot(page, 'progress-finished');
+
+    await page.locator('[data-testid="progress-close"]').click();
+    await page.locator('[data-host="lab2"]').click();
+    await page.locator('[data-testid="vm-table"] .vm-name', { hasText: 'demo' }).waitFor();
+    expect(await vmHost('demo')).toBe('lab2');
+    const [last] = await migrations();
+    expect(last).toMatchObject({ vm: 'demo', from: 'lab1', to: 'lab2', status: 'completed' });
+
+    // The past move opens from the Migrations panel with its charts from the history.
+    await page.locator(`[data-move="${last!.id}"][data-group="past"]`).click();
+    await expect
+      .poll(() => page.locator('[data-testid="throughput-chart"]').getAttribute('data-samples'))
+      .not.toBe('0');
+    expect(browser!.errors).toEqual([]);
+  });
+
+  it('moves the VM back with the keyboard alone', async () => {
+    const page = await open();
+    // Hosts: into the list, down to lab2, select it.
+    await tabTo(page, '[data-testid="host-list"] [tabindex="0"], [data-testid="host-list"] [role="listbox"]');
+    expect(await focusIsVisible(page)).toBe(true);
+    await page.keyboard.press('ArrowDown');
+    await page.keyboard.press('Enter');
+    await expect.poll(() => page.locator('#vms-title').textContent()).toContain('on lab2');
+    // VMs: into the table, select the row.
+    await tabTo(page, '[data-testid="vm-table"] tr[tabindex="0"]');
+    await page.keyboard.press('Enter');
+    await page.locator('[data-action="move"]').waitFor();
+    // Actions: Move…
+    await tabTo(page, '[data-action="move"]');
+    expect(await focusIsVisible(page)).toBe(true);
+    await page.keyboard.press('Enter');
+
+    await expectPage(page, 'begin');
+    // The wizard takes the keyboard (its Next button) once it has loaded the VM.
+    await expect.poll(() => page.evaluate(() => document.activeElement?.textContent?.trim())).toBe('Next >');
+    await page.keyboard.press('Enter');
+    await expectPage(page, 'type');
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('move-type-vm');
+    expect(await focusIsVisible(page)).toBe(true);
+    // Arrow keys move within a choice; back to the VM move.
+    await page.keyboard.press('ArrowDown');
+    expect(await page.locator('#move-type-storage').isChecked()).toBe(true);
+    await page.keyboard.press('ArrowUp');
+    expect(await page.locator('#move-type-vm').isChecked()).toBe(true);
+    await page.keyboard.press('Enter');
+
+    await expectPage(page, 'destination');
+    await wizard(page).locator('[data-host="lab1"]').waitFor();
+    await expect.poll(() => page.evaluate(() => document.activeElement?.id)).toBe('dest-lab1');
+    await page.keyboard.press('Space');
+    expect(await page.locator('#dest-lab1').isChecked()).toBe(true);
+    await page.keyboard.press('Enter');
+
+    await expectPage(page, 'options');
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('option-shared');
+    await page.keyboard.press('Enter');
+
+    await expectPage(page, 'summary');
+    await wizard(page).locator('[data-testid="preflight"]').waitFor();
+    await expect
+      .poll(() => page.evaluate(() => document.activeElement?.getAttribute('data-testid')))
+      .toBe('wizard-finish');
+    expect(await focusIsVisible(page)).toBe(true);
+    await page.keyboard.press('Enter');
+
+    const { phases } = await followMove(page, null);
+    expect(phases.at(-1)).toBe(6);
+    expect(await page.locator('.progress').getAttribute('data-status')).toBe('completed');
+    await page.keyboard.press('Escape');
+    await page.locator('[data-testid="progress-view"]').waitFor({ state: 'detached' });
+    expect(await vmHost('demo')).toBe('lab1');
+    expect(browser!.errors).toEqual([]);
+  });
+
+  it('shows a blocking pre-flight error on the destination page and keeps Finish disabled', async () => {
+    await cli(['host', 'settings', 'lab2', '--set', 'liveMigrationEnabled=false']);
+    try {
+      const page = await open();
+      await page.locator('.vm-name', { hasText: 'demo' }).click();
+      await page.locator('[data-action="move"]').click();
+      const next = wizard(page).getByRole('button', { name: 'Next >' });
+      await next.click();
+      await next.click();
+      await expectPage(page, 'destination');
+      const lab2 = wizard(page).locator('[data-host="lab2"]');
+      await lab2.waitFor();
+      expect(await lab2.getAttribute('data-verdict')).toBe('blocked');
+      expect(await lab2.locator('.reasons .error').allTextContents()).toContain(
+        'incoming live migrations are disabled on lab2',
+      );
+      await wizard(page).locator('label[for="dest-lab2"]').click();
+      await screenshot(page, 'wizard-3-destination-blocked');
+      await next.click();
+      await next.click();
+      await expectPage(page, 'summary');
+      const preflight = wizard(page).locator('[data-testid="preflight"]');
+      await preflight.waitFor();
+      expect(Number(await preflight.getAttribute('data-errors'))).toBeGreaterThan(0);
+      expect(await preflight.locator('[data-kind="error"]').first().textContent()).toContain(
+        'incoming live migrations are disabled on lab2',
+      );
+      const finish = wizard(page).locator('[data-testid="wizard-finish"]');
+      expect(await finish.isDisabled()).toBe(true);
+      await screenshot(page, 'wizard-6-summary-blocked');
+      // Enter does not get past it either.
+      await page.locator('#wizard-title-summary').focus();
+      await page.keyboard.press('Enter');
+      expect(await finish.isDisabled()).toBe(true);
+      expect((await migrations()).filter((m) => m.status !== 'completed')).toEqual([]);
+      expect(browser!.errors).toEqual([]);
+    } finally {
+      await cli(['host', 'settings', 'lab2', '--set', 'liveMigrationEnabled=true']);
+    }
+  });
+
+  it('changes the performance option in host settings, and the next move uses it', async () => {
+    const page = await open();
+    await page.locator('[data-host="lab1"]').click();
+    await page.locator('[data-action="host-settings"]').click();
+    const dialog = page.locator('[data-testid="host-settings"]');
+    await dialog.locator('#live-enabled').waitFor();
+    await screenshot(page, 'settings-1-live-migrations');
+    // Inline validation: a bad subnet is marked and OK is unavailable until it is fixed.
+    await dialog.locator('label[for="net-list"]').click();
+    await dialog.getByLabel('Network to add').fill('10.0.0.0/33');
+    await dialog.getByRole('button', { name: 'Add', exact: true }).click();
+    await expect.poll(() => dialog.locator('.field-error').first().textContent()).toMatch(/prefix length/);
+    expect(await dialog.locator('[data-testid="settings-ok"]').isDisabled()).toBe(true);
+    await screenshot(page, 'settings-1b-live-migrations-invalid');
+    await dialog.locator('label[for="net-any"]').click();
+    await expect.poll(() => dialog.locator('[data-testid="settings-ok"]').isDisabled()).toBe(false);
+
+    await dialog.locator('[data-settings-page="advanced"]').click();
+    await dialog.locator('#perf-tcp').waitFor({ state: 'attached' });
+    expect(await dialog.locator('#perf-compression').isChecked()).toBe(true);
+    // RDMA is greyed out with the reason (no RDMA adapters here).
+    expect(await dialog.locator('#perf-rdma').isDisabled()).toBe(true);
+    expect(await dialog.locator('[data-performance="rdma"]').textContent()).toMatch(
+      /Unavailable: lab1 has no RDMA/,
+    );
+    await dialog.locator('label[for="perf-tcp"]').click();
+    expect(await dialog.locator('#channels').isDisabled()).toBe(true); // TCP/IP uses one connection
+    await screenshot(page, 'settings-2-advanced-features');
+    await dialog.locator('[data-settings-page="storage"]').click();
+    await dialog.locator('#max-storage').waitFor();
+    await screenshot(page, 'settings-3-storage-migrations');
+    await dialog.locator('[data-testid="settings-ok"]').click();
+    await dialog.waitFor({ state: 'detached' });
+
+    const saved = JSON.parse(await cli(['host', 'settings', 'lab1', '--json'])) as {
+      performance: string;
+      incomingNetworks: unknown;
+      bandwidthMiBs: number;
+      storageRoots: string[];
+    };
+    expect(saved.performance).toBe('tcp');
+    expect(saved.incomingNetworks).toBe('any');
+    // Settings the page does not show are kept.
+    expect(saved.bandwidthMiBs).toBe(15);
+    expect(saved.storageRoots.length).toBeGreaterThan(0);
+
+    await page.locator('.vm-name', { hasText: 'demo' }).click();
+    await page.locator('[data-action="move"]').click();
+    const next = wizard(page).getByRole('button', { name: 'Next >' });
+    await next.click();
+    await next.click();
+    await wizard(page).locator('[data-host="lab2"]').waitFor();
+    await wizard(page).locator('label[for="dest-lab2"]').click();
+    await next.click();
+    await next.click();
+    await expectPage(page, 'summary');
+    await wizard(page).locator('[data-testid="preflight"]').waitFor();
+    expect(await wizard(page).locator('[data-row="Performance option"]').textContent()).toBe('TCP/IP');
+    await wizard(page).locator('[data-testid="wizard-finish"]').click();
+    await followMove(page, null);
+    expect(await page.locator('[data-testid="move-options"]').textContent()).toMatch(/^TCP\/IP ·/);
+
+    const [latest, previous] = await migrations();
+    expect(latest).toMatchObject({
+      vm: 'demo',
+      to: 'lab2',
+      status: 'completed',
+      options: { performance: 'tcp' },
+    });
+    expect(previous?.options?.performance).toBe('compression');
+    expect(browser!.errors).toEqual([]);
+  });
+});

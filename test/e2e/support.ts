@@ -1,0 +1,134 @@
+// What the browser tests share: `ferry web` as a child process (exactly as a user starts it), a fresh
+// Chromium per test (Debian's, via playwright-core), screenshots, and small page helpers.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { REPO } from '../helpers.js';
+
+export const CHROMIUM = process.env['FERRY_CHROMIUM'] ?? '/usr/bin/chromium';
+export const SCREENSHOTS = path.join(REPO, 'test-results', 'screenshots');
+
+const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+export interface WebProcess {
+  url: string;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** Starts `node bin/ferry.js web --port 0` and reads the URL it prints on stdout. */
+export function startWeb(home: string): Promise<WebProcess> {
+  const child = spawn(process.execPath, [path.join(REPO, 'bin', 'ferry.js'), 'web', '--port', '0'], {
+    env: { ...process.env, FERRY_HOME: home },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (c: Buffer) => (stderr += c.toString()));
+  const stop = async (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(timer);
+  };
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const fail = (why: string): void => {
+      void stop();
+      reject(new Error(`ferry web ${why}\n${stderr}`));
+    };
+    const timer = setTimeout(() => fail('printed no URL within 30 s'), 30_000);
+    child.once('exit', (code) => fail(`exited with ${code} before printing its URL`));
+    child.stdout?.on('data', (c: Buffer) => {
+      out += c.toString();
+      const line = out.split('\n')[0];
+      if (out.includes('\n') && line) {
+        clearTimeout(timer);
+        child.removeAllListeners('exit');
+        resolve({ url: line.trim(), child, stop });
+      }
+    });
+  });
+}
+
+export interface Browser {
+  context: BrowserContext;
+  page: Page;
+  /** Errors the page threw or logged: a test ends by asserting there were none. */
+  errors: string[];
+  close(): Promise<void>;
+}
+
+/** A fresh Chromium with its own throw-away profile. */
+export async function openBrowser(url: string): Promise<Browser> {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1360, height: 850 },
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') errors.push(`console: ${m.text()}`);
+  });
+  await page.goto(url);
+  return {
+    context,
+    page,
+    errors,
+    close: async () => {
+      await context.close();
+      fs.rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function screenshot(page: Page, name: string): Promise<void> {
+  fs.mkdirSync(SCREENSHOTS, { recursive: true });
+  // Let transitions (dialogs fade in) settle so the picture shows what a user sees.
+  await page.waitForTimeout(350);
+  await page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`) });
+}
+
+/** Presses Tab until the focused element matches; fails after `max` presses (keyboard only, no clicks). */
+export async function tabTo(page: Page, matches: string, max = 60): Promise<void> {
+  for (let i = 0; i < max; i++) {
+    await page.keyboard.press('Tab');
+    if (await page.evaluate((sel) => document.activeElement?.matches(sel) ?? false, matches)) return;
+  }
+  const where = await page.evaluate(() => document.activeElement?.outerHTML.slice(0, 200));
+  throw new Error(`Tab never reached ${matches}; focus is on ${where}`);
+}
+
+/**
+ * Whether the keyboard focus is visible: an outline on the focused element, or on the box PrimeVue draws
+ * for a radio button or checkbox whose native input is invisible.
+ */
+export function focusIsVisible(page: Page): Promise<boolean> {
+  return page.evaluate(() => {
+    const el = document.activeElement as HTMLElement | null;
+    if (!el || el === document.body) return false;
+    const shows = (e: Element | null): boolean => {
+      if (!e) return false;
+      const s = getComputedStyle(e);
+      return (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none';
+    };
+    const box =
+      el.closest('.p-radiobutton, .p-checkbox')?.querySelector('.p-radiobutton-box, .p-checkbox-box') ?? null;
+    return shows(el) || shows(box);
+  });
+}
