@@ -2,6 +2,7 @@
 // own commands, the baseline) beside `ferry move`, for each performance option; then the same over a
 // 1 Gbit/s link shaped with tc between two network namespaces, where the link and not QEMU is the
 // limit (needs root). Prints the figures side by side.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -20,6 +21,7 @@ const ROUNDS = Number(process.env.FERRY_BENCH_ROUNDS ?? 3);
 const MEMORY = 1024;
 const WORKING_SET = 64;
 const rows: string[][] = [];
+const BOOT_WAIT_MS = 3000;
 const homes: Inventory[] = [];
 
 afterAll(async () => {
@@ -52,8 +54,9 @@ async function rawMigration(
   o: MoveOptions,
   listen: string,
   netns: { src?: string; dst?: string },
-): Promise<{ totalMs: number; downtimeMs: number }> {
+): Promise<{ totalMs: number; downtimeMs: number; wallMs: number }> {
   fs.mkdirSync(dir, { recursive: true });
+  const t0 = Date.now();
   const plan = planMigration(o);
   const paths = (side: string) => ({
     qmpSocket: `/tmp/fb-${process.pid}-${side}.qmp`,
@@ -88,7 +91,7 @@ async function rawMigration(
   const src = await start('src');
   const dst = await start('dst');
   try {
-    await sleep(3000); // let the guest boot and dirty its working set
+    await sleep(BOOT_WAIT_MS); // let the guest boot and dirty its working set
     await dst.qmp.execute('migrate-set-capabilities', {
       capabilities: capabilityList(plan.destCapabilities),
     });
@@ -103,13 +106,17 @@ async function rawMigration(
     await src.qmp.execute('migrate-set-parameters', plan.sourceParameters);
     await dst.qmp.execute('cont').catch(() => undefined); // autostart on arrival, as a plain migration does
     await src.qmp.execute('migrate', { uri: `tcp:${listen}:${port}` });
+    let wallEnd = 0;
     for (;;) {
       const q = await src.qmp.execute<{ status: string; 'total-time'?: number; downtime?: number }>(
         'query-migrate',
       );
       if (q.status === 'failed') throw new Error('raw migration failed');
-      if (q.status === 'completed' && q.downtime)
-        return { totalMs: q['total-time']!, downtimeMs: q.downtime };
+      if (q.status === 'completed' && !wallEnd) wallEnd = Date.now();
+      // QEMU fills in total-time and downtime a moment after completion.
+      if (q.status === 'completed' && q.downtime) {
+        return { totalMs: q['total-time']!, downtimeMs: q.downtime, wallMs: wallEnd - t0 - BOOT_WAIT_MS };
+      }
       await sleep(20);
     }
   } finally {
@@ -124,11 +131,12 @@ async function ferryRounds(
   inv: Inventory,
   performance: PerformanceOption,
   bandwidthMiBs: number | undefined,
-): Promise<{ total: number; down: number; qemuDown: number }> {
+): Promise<{ total: number; memory: number; down: number; qemuDown: number }> {
   const manager = new MigrationManager(inv);
   const totals: number[] = [];
   const downs: number[] = [];
   const qemuDowns: number[] = [];
+  const memory: number[] = [];
   for (let i = 0; i < ROUNDS; i++) {
     const from = (await inv.locate('bench')).name;
     const to = from === 'lab1' ? 'lab2' : 'lab1';
@@ -137,8 +145,9 @@ async function ferryRounds(
     totals.push(s.totalMs);
     downs.push(s.downtimeMs ?? 0);
     qemuDowns.push(s.qemuDowntimeMs ?? 0);
+    memory.push((s.phases[1]!.ms ?? 0) + (s.phases[2]!.ms ?? 0));
   }
-  return { total: median(totals), down: median(downs), qemuDown: median(qemuDowns) };
+  return { total: median(totals), memory: median(memory), down: median(downs), qemuDown: median(qemuDowns) };
 }
 
 async function labWithVm(label: string, link?: number): Promise<Inventory> {
@@ -198,7 +207,61 @@ async function compare(
   }
 }
 
+const storageRows: string[][] = [];
+afterAll(() => {
+  if (storageRows.length === 0) return;
+  const widths = storageRows[0]!.map((_, i) => Math.max(...storageRows.map((r) => r[i]!.length)));
+  console.log(
+    `\nShared-nothing move, 1 GiB disk full of data (loopback)\n${storageRows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ')).join('\n')}\n`,
+  );
+});
+
 describe('migration benchmark', () => {
+  it('shared-nothing: a VM with a 1 GiB disk, beside an offline qemu-img copy of the same disk', async () => {
+    const inv = new Inventory(tempHome('bench-sn'));
+    homes.push(inv);
+    await inv.labUp(2);
+    const dir = path.join(inv.labDir, 'lab1', 'sn');
+    await inv.createVm({
+      name: 'sn',
+      host: 'lab1',
+      memoryMiB: 512,
+      storagePath: dir,
+      disks: [{ kind: 'new', sizeGiB: 1 }],
+      labGuest: { workingSetMiB: WORKING_SET, dirtyRateMiBs: 50 },
+    });
+    const disk = path.join(dir, 'disk0.qcow2');
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 1G', disk]);
+    const t0 = Date.now();
+    execFileSync('qemu-img', ['convert', '-O', 'qcow2', disk, path.join(inv.labDir, 'baseline-copy.qcow2')]);
+    const offline = Date.now() - t0;
+    await (await inv.host('lab1')).startVm('sn');
+    await waitForPasses(inv, 'sn', 2);
+    const s = await (
+      await new MigrationManager(inv).start({
+        vm: 'sn',
+        to: 'lab2',
+        includeStorage: true,
+        performance: 'tcp',
+      })
+    ).done;
+    expect(s.status, s.reason ?? '').toBe('completed');
+    storageRows.push([
+      'baseline: qemu-img convert (offline)',
+      'ferry: disk copy (VM running)',
+      'ferry: memory (phases 2+3)',
+      'ferry: total',
+      'ferry downtime',
+    ]);
+    storageRows.push([
+      `${offline} ms`,
+      `${s.storageCopyMs} ms`,
+      `${(s.phases[1]!.ms ?? 0) + (s.phases[2]!.ms ?? 0)} ms`,
+      `${s.totalMs} ms`,
+      `${s.downtimeMs} ms`,
+    ]);
+  });
+
   it('loopback, no bandwidth limit: raw QMP vs ferry move', async () => {
     const inv = await labWithVm('bench-loop');
     await compare('loopback', inv, '127.0.0.1', {});
@@ -206,7 +269,7 @@ describe('migration benchmark', () => {
 
   it('1 Gbit/s link shaped with tc between two network namespaces (root only)', async (ctx) => {
     if (process.getuid?.() !== 0) {
-      rows.push(['1 Gbit/s link', 'not run: needs root for network namespaces', '', '', '', '', '']);
+      rows.push(['1 Gbit/s link', 'not run: needs root for network namespaces', '', '', '', '', '', '', '']);
       ctx.skip();
     }
     const inv = await labWithVm('bench-link', 1000);

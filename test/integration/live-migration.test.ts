@@ -304,3 +304,43 @@ describe('cancel and failure', () => {
     );
   });
 });
+
+describe('lab hosts on a shaped link', () => {
+  // As root: two network namespaces joined through a bridge, each side shaped to 1 Gbit/s by tc.
+  it('moves a VM across a 1 Gbit/s link between network namespaces (root), else refuses the link clearly', async () => {
+    const linkHome = tempHome('link');
+    const linked = new Inventory(linkHome);
+    if (process.getuid?.() !== 0) {
+      await expect(linked.labUp(2, { linkMbit: 1000 })).rejects.toThrow(
+        /a shaped lab link needs Linux and root/,
+      );
+      return;
+    }
+    try {
+      const hosts = await linked.labUp(2, { linkMbit: 1000 });
+      expect(hosts.map((h) => h.migrationAddress)).toEqual([
+        expect.stringMatching(/^10\.77\.\d+\.1$/),
+        expect.stringMatching(/^10\.77\.\d+\.2$/),
+      ]);
+      await linked.createVm({
+        name: 'linked',
+        host: 'lab1',
+        memoryMiB: 256,
+        labGuest: { workingSetMiB: 32, dirtyRateMiBs: 20 },
+      });
+      await (await linked.host('lab1')).startVm('linked');
+      await waitForPasses(linked, 'linked', 2);
+      const m = new MigrationManager(linked);
+      const logs: string[] = [];
+      m.subscribe((e) => e.type === 'log' && logs.push(e.message));
+      const s = await (await m.start({ vm: 'linked', to: 'lab2', performance: 'compression' })).done;
+      expect(s.status, s.reason ?? '').toBe('completed');
+      expect(logs.some((l) => l.startsWith(`lab2 is listening on tcp:${hosts[1]!.migrationAddress}:`))).toBe(
+        true,
+      );
+      expect((await waitForPasses(linked, 'linked', 4)).mismatches).toEqual([]);
+    } finally {
+      await linked.labDown().catch(() => undefined);
+    }
+  });
+});
