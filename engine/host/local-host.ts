@@ -95,6 +95,8 @@ type Runtime = z.infer<typeof RuntimeSchema>;
 /** A QMP session held for the length of a migration, with the cut-over moments it saw. */
 interface Session {
   qmp: QmpClient;
+  /** STOP events seen (a storage-only move must not pause the guest). */
+  stops: number;
   stoppedAt: number | null;
   resumedAt: number | null;
   downtimeLimitMs: number;
@@ -116,6 +118,12 @@ function activeMigration(rt: Runtime | null): Runtime['migration'] {
 }
 
 const QMP_STATUS_TIMEOUT_MS = 3000;
+
+/** A storage-only move in progress, kept beside the VM so an abort knows what it made. */
+const StoragePlanSchema = z.object({
+  targets: z.array(z.object({ id: z.string(), path: z.string(), made: z.boolean(), node: z.string() })),
+});
+type StoragePlan = z.infer<typeof StoragePlanSchema>;
 
 export class LocalHost implements HostDriver {
   readonly name: string;
@@ -569,8 +577,11 @@ export class LocalHost implements HostDriver {
 
   private async openSession(name: string, socket: string): Promise<Session> {
     const qmp = await QmpClient.connect(socket, { timeoutMs: 10_000 });
-    const session: Session = { qmp, stoppedAt: null, resumedAt: null, downtimeLimitMs: 300 };
-    qmp.on('STOP', (ev) => (session.stoppedAt = eventMs(ev)));
+    const session: Session = { qmp, stops: 0, stoppedAt: null, resumedAt: null, downtimeLimitMs: 300 };
+    qmp.on('STOP', (ev) => {
+      session.stoppedAt = eventMs(ev);
+      session.stops++;
+    });
     qmp.on('RESUME', (ev) => (session.resumedAt = eventMs(ev)));
     this.sessions.set(name, session);
     return session;
@@ -805,10 +816,6 @@ export class LocalHost implements HostDriver {
       }
       refuseWhileMigrating(name, rt);
       const qemuImg = findQemuImg(await this.qemuBinary());
-      const moving = targets.map((t) => ({ ...t, disk: vm.disks.find((d) => d.id === t.id)! }));
-      await writeJsonAtomic(this.storageMovePath(name), {
-        targets: moving.map((m) => ({ id: m.id, path: m.path, made: false })),
-      });
       const session = await this.openSession(name, rt.qmpSocket);
       await writeJsonAtomic(this.runtimePath(name), {
         ...rt,
@@ -820,42 +827,46 @@ export class LocalHost implements HostDriver {
           wasRunning: true,
         },
       });
-      let pauses = 0;
-      session.qmp.on('STOP', () => void pauses++);
-      (session as Session & { pauses?: () => number }).pauses = () => pauses;
-      for (const m of moving) {
-        if (fs.existsSync(m.path)) throw new FerryError('bad-input', `${m.path} already exists`);
-        await ensureDir(path.dirname(m.path));
-        await execFileAsync(qemuImg, ['create', '-q', '-f', m.disk.format, m.path, String(m.disk.sizeBytes)]);
-        const stamp = Date.now().toString(36);
-        await session.qmp.execute('blockdev-add', {
-          driver: 'file',
-          'node-name': `${m.id}-f${stamp}`,
-          filename: m.path,
-          'auto-read-only': true,
-          discard: 'unmap',
-        });
-        await session.qmp.execute('blockdev-add', {
-          driver: m.disk.format,
-          'node-name': `${m.id}-n${stamp}`,
-          file: `${m.id}-f${stamp}`,
-        });
-        (m as typeof m & { node: string }).node = `${m.id}-n${stamp}`;
+      // Only files this move made are ever removed by an abort: `made` is recorded as each is created.
+      const plan: StoragePlan = { targets: targets.map((t) => ({ ...t, made: false, node: '' })) };
+      try {
+        for (const t of plan.targets) {
+          const disk = vm.disks.find((d) => d.id === t.id)!;
+          if (fs.existsSync(t.path)) throw new FerryError('bad-input', `${t.path} already exists`);
+          await ensureDir(path.dirname(t.path));
+          await execFileAsync(qemuImg, ['create', '-q', '-f', disk.format, t.path, String(disk.sizeBytes)]);
+          t.made = true;
+          const stamp = Date.now().toString(36);
+          t.node = `${t.id}-n${stamp}`;
+          await writeJsonAtomic(this.storageMovePath(name), plan);
+          await session.qmp.execute('blockdev-add', {
+            driver: 'file',
+            'node-name': `${t.id}-f${stamp}`,
+            filename: t.path,
+            'auto-read-only': true,
+            discard: 'unmap',
+          });
+          await session.qmp.execute('blockdev-add', {
+            driver: disk.format,
+            'node-name': t.node,
+            file: `${t.id}-f${stamp}`,
+          });
+        }
+        await startMirrors(
+          session.qmp,
+          plan.targets.map((t) => t.id),
+          (id) => plan.targets.find((t) => t.id === id)!.node,
+          speedMiBs,
+        );
+      } catch (err) {
+        await this.abortStorageMove(name);
+        throw err;
       }
-      await startMirrors(
-        session.qmp,
-        moving.map((m) => m.id),
-        (id) => (moving.find((m) => m.id === id) as { node?: string }).node!,
-        speedMiBs,
-      );
     });
   }
 
   async storageMoveJobs(name: string): Promise<DiskJob[]> {
-    const plan = await readJson(
-      this.storageMovePath(name),
-      z.object({ targets: z.array(z.object({ id: z.string(), path: z.string() })) }),
-    );
+    const plan = await readJson(this.storageMovePath(name), StoragePlanSchema);
     return diskJobs(
       this.session(name).qmp,
       (plan?.targets ?? []).map((t) => t.id),
@@ -864,10 +875,7 @@ export class LocalHost implements HostDriver {
 
   async completeStorageMove(name: string): Promise<StorageMoveResult> {
     const s = this.session(name);
-    const plan = await readJson(
-      this.storageMovePath(name),
-      z.object({ targets: z.array(z.object({ id: z.string(), path: z.string() })) }),
-    );
+    const plan = await readJson(this.storageMovePath(name), StoragePlanSchema);
     if (!plan) throw new FerryError('migration-failed', `no storage move of "${name}" in progress`);
     const ids = plan.targets.map((t) => t.id);
     const vm = await this.vmConfig(name);
@@ -908,7 +916,7 @@ export class LocalHost implements HostDriver {
       await fs.promises.rm(m.from, { force: true });
       await fs.promises.rmdir(path.dirname(m.from)).catch(() => undefined);
     }
-    const pauses = (s as Session & { pauses?: () => number }).pauses?.() ?? 0;
+    const pauses = s.stops;
     await fs.promises.rm(this.storageMovePath(name), { force: true });
     await this.setMigrationMarker(name, null);
     await this.closeSession(name);
@@ -916,26 +924,19 @@ export class LocalHost implements HostDriver {
   }
 
   async abortStorageMove(name: string): Promise<void> {
-    const plan = await readJson(
-      this.storageMovePath(name),
-      z.object({ targets: z.array(z.object({ id: z.string(), path: z.string() })) }),
-    ).catch(() => null);
+    const plan = await readJson(this.storageMovePath(name), StoragePlanSchema).catch(() => null);
     const s = this.sessions.get(name);
     if (s && !s.qmp.isClosed && plan) {
       const ids = plan.targets.map((t) => t.id);
       await cancelMirrors(s.qmp, ids, true).catch(() => undefined);
-      const blocks = await s.qmp
-        .execute<{ 'node-name': string }[]>('query-named-block-nodes')
-        .catch(() => []);
-      const ours = blocks
-        .map((b) => b['node-name'])
-        .filter((n) => ids.some((id) => n.startsWith(`${id}-n`) || n.startsWith(`${id}-f`)));
-      await deleteNodes(
-        s.qmp,
-        ours.sort((a, b) => (a.includes('-n') ? -1 : 1) - (b.includes('-n') ? -1 : 1)),
-      );
+      // The copies' own nodes: format node first, then the file node under it.
+      const made = plan.targets.filter((t) => t.node);
+      await deleteNodes(s.qmp, [
+        ...made.map((t) => t.node),
+        ...made.map((t) => t.node.replace(/-n(\w+)$/, '-f$1')),
+      ]);
     }
-    for (const t of plan?.targets ?? []) {
+    for (const t of (plan?.targets ?? []).filter((x) => x.made)) {
       await fs.promises.rm(t.path, { force: true });
       await fs.promises.rmdir(path.dirname(t.path)).catch(() => undefined);
     }

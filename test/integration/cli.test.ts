@@ -173,3 +173,65 @@ describe('ferry CLI', () => {
     });
   });
 });
+
+describe('ferry host settings', () => {
+  it('shows, changes and validates settings; the change is saved on the host', async () => {
+    const h = tempHome('settings');
+    expect((await ferry(h, ['lab', 'up', '--hosts', '1'])).code).toBe(0);
+    try {
+      const shown = JSON.parse((await ferry(h, ['host', 'settings', 'lab1', '--json'])).stdout) as Record<
+        string,
+        unknown
+      >;
+      expect(shown).toMatchObject({
+        liveMigrationEnabled: true,
+        maxLiveMigrations: 2,
+        maxStorageMigrations: 2,
+        performance: 'compression',
+        channels: 4,
+        bandwidthMiBs: null,
+        downtimeMs: 300,
+        convergence: 'raise-downtime',
+        incomingNetworks: 'any',
+      });
+      const set = await ferry(h, [
+        'host',
+        'settings',
+        'lab1',
+        '--set',
+        'performance=tcp',
+        'bandwidthMiBs=200',
+        'incomingNetworks=10.0.0.0/8,192.168.1.0/24',
+        'liveMigrationEnabled=off',
+        '--json',
+      ]);
+      expect(set.code, set.stderr).toBe(0);
+      expect(JSON.parse(set.stdout)).toMatchObject({
+        performance: 'tcp',
+        bandwidthMiBs: 200,
+        incomingNetworks: ['10.0.0.0/8', '192.168.1.0/24'],
+        liveMigrationEnabled: false,
+      });
+      expect(JSON.parse((await ferry(h, ['host', 'settings', 'lab1', '--json'])).stdout)).toMatchObject({
+        performance: 'tcp',
+        bandwidthMiBs: 200,
+      });
+      const unknown = await ferry(h, ['host', 'settings', 'lab1', '--set', 'turbo=yes']);
+      expect(unknown.code).toBe(2);
+      expect(unknown.stderr).toMatch(/unknown setting "turbo"; settings are: liveMigrationEnabled, /);
+      const bad = await ferry(h, ['host', 'settings', 'lab1', '--set', 'performance=warp']);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toMatch(/bad value for performance: "warp"/);
+      const badNum = await ferry(h, ['host', 'settings', 'lab1', '--set', 'maxLiveMigrations=0']);
+      expect(badNum.code).toBe(2);
+      expect(badNum.stderr).toMatch(/bad value for maxLiveMigrations: "0"/);
+      // Refusals changed nothing.
+      expect(JSON.parse((await ferry(h, ['host', 'settings', 'lab1', '--json'])).stdout)).toMatchObject({
+        performance: 'tcp',
+        maxLiveMigrations: 2,
+      });
+    } finally {
+      await ferry(h, ['lab', 'down']);
+    }
+  });
+});

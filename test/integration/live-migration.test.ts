@@ -9,7 +9,7 @@ import { Inventory } from '../../engine/host/inventory.js';
 import { parseLabGuestSerial } from '../../engine/host/lab-guest.js';
 import { MigrationManager } from '../../engine/migration/manager.js';
 import { isQemuAlive } from '../../engine/qemu/process.js';
-import { guestReport, tempHome, waitFor, waitForPasses } from '../helpers.js';
+import { ferry, guestReport, tempHome, waitFor, waitForPasses } from '../helpers.js';
 
 let home: string;
 let inv: Inventory;
@@ -248,7 +248,6 @@ describe('cancel and failure', () => {
   });
 
   it('cancel from another process (ferry cancel) through the shared FERRY_HOME', async () => {
-    const { ferry } = await import('../helpers.js');
     let asked = false;
     const m = await move(slow, async (e, id) => {
       if (!asked && e.type === 'sample' && e.sample.bytesSent > 4 * 1024 * 1024) {
@@ -342,5 +341,86 @@ describe('lab hosts on a shaped link', () => {
     } finally {
       await linked.labDown().catch(() => undefined);
     }
+  });
+});
+
+describe('stalls, Ctrl-C and the history from the CLI', () => {
+  it('a frozen destination stalls the stream: detected within seconds and rolled back like a failure', async () => {
+    const from = (await inv.locate('slow')).name;
+    const to = from === 'lab1' ? 'lab2' : 'lab1';
+    const pid = await pidOf('slow');
+    let frozen = 0;
+    const m = await move(
+      { vm: 'slow', to, performance: 'tcp', bandwidthMiBs: 8, convergence: 'abort' },
+      async (e) => {
+        if (!frozen && e.type === 'sample' && e.sample.bytesSent > 2 * 1024 * 1024) {
+          const rt = JSON.parse(
+            fs.readFileSync(path.join(home, 'hosts', to, 'vms', 'slow', 'runtime.json'), 'utf8'),
+          ) as { pid: number };
+          frozen = rt.pid;
+          process.kill(rt.pid, 'SIGSTOP'); // the peer stops reading: bytes sent stop growing
+        }
+      },
+    );
+    expect(frozen).toBeGreaterThan(0);
+    expect(m.summary.status).toBe('failed');
+    expect(m.summary.reason).toMatch(/the migration stalled: no bytes sent for \d+ s/);
+    expect(isQemuAlive(frozen, '')).toBe(false); // the frozen skeleton was killed, not left behind
+    expect(await pidOf('slow')).toBe(pid);
+    expect((await (await inv.host(from)).vmInfo('slow')).state).toBe('running');
+  });
+
+  it('Ctrl-C on `ferry move` cancels cleanly; `ferry migrations --json` records it', async () => {
+    const { spawn } = await import('node:child_process');
+    const { REPO } = await import('../helpers.js');
+    const to = (await inv.locate('slow')).name === 'lab1' ? 'lab2' : 'lab1';
+    const child = spawn(
+      process.execPath,
+      [
+        path.join(REPO, 'bin', 'ferry.js'),
+        'move',
+        'slow',
+        '--to',
+        to,
+        '--performance',
+        'tcp',
+        '--bandwidth',
+        '8',
+        '--json',
+      ],
+      {
+        env: { ...process.env, FERRY_HOME: home },
+      },
+    );
+    let out = '';
+    let sent = false;
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (!sent && out.includes('"type":"sample"') && /"bytesSent":[1-9]\d{6}/.test(out)) {
+        sent = true;
+        child.kill('SIGINT');
+      }
+    });
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    expect(sent).toBe(true);
+    expect(code).toBe(1);
+    const lines = out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; status?: string; id: string; reason?: string });
+    expect(lines[0]).toMatchObject({ type: 'started' });
+    expect(lines.at(-1)).toMatchObject({
+      type: 'summary',
+      status: 'cancelled',
+      reason: 'cancelled by the administrator',
+    });
+    expect((await (await inv.locate('slow')).vmInfo('slow')).state).toBe('running');
+    const hist = JSON.parse((await ferry(home, ['migrations', '--json'])).stdout) as {
+      id: string;
+      status: string;
+      samples?: unknown;
+    }[];
+    expect(hist.find((h) => h.id === lines[0]!.id)).toMatchObject({ status: 'cancelled' });
+    expect(hist[0]).not.toHaveProperty('samples');
   });
 });

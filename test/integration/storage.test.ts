@@ -290,6 +290,29 @@ describe('storage-only move (R4)', () => {
   });
 });
 
+describe('storage-only move, cancelled', () => {
+  it('cancelling the copy keeps the VM on its old disk and removes the new file', async () => {
+    const disk = (await (await inv.host('lab1')).vmInfo('so')).disks[0]!.path;
+    let asked = false;
+    const m = await move(
+      { vm: 'so', kind: 'storage', storagePath: lab('lab1', 'never'), bandwidthMiBs: 16 },
+      async (e) => {
+        if (e.type === 'storage-copy' && !asked) {
+          asked = true;
+          expect(await manager.cancel(e.id)).toMatchObject({ accepted: true });
+        }
+      },
+    );
+    expect(m.summary).toMatchObject({ status: 'cancelled', kind: 'storage' });
+    const info = await (await inv.host('lab1')).vmInfo('so');
+    expect(info).toMatchObject({ state: 'running' });
+    expect(info.disks[0]!.path).toBe(disk);
+    expect(fs.existsSync(lab('lab1', 'never'))).toBe(false);
+    await inject('so', 'lab1', 0x4e, '10M', '64k');
+    expect(holds(disk, 0x4e, '10M', '64k')).toBe(true);
+  });
+});
+
 describe('concurrent moves within per-host limits (R5)', () => {
   it('runs five moves with limits of 2: never more than 2 per host, queue positions reported, all complete', async () => {
     for (const h of ['lab1', 'lab2']) await (await inv.host(h)).updateSettings({ maxLiveMigrations: 2 });
