@@ -133,6 +133,9 @@ export interface MigrationDriver {
     req: { capabilities: Record<string, boolean>; parameters: Record<string, unknown>; uri: string },
   ): Promise<void>;
   outgoingStats(name: string): Promise<OutgoingStats>;
+  /** Waits up to timeoutMs for QEMU's next MIGRATION status event (a long poll, so a pause at
+   * pre-switchover is answered at once rather than at the next poll). */
+  nextMigrationEvent(name: string, timeoutMs: number): Promise<string | null>;
   setOutgoingParameters(name: string, parameters: Record<string, unknown>): Promise<void>;
   continueOutgoing(name: string): Promise<void>;
   startPostcopy(name: string): Promise<void>;

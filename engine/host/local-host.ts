@@ -653,6 +653,16 @@ export class LocalHost implements HostDriver {
     return { ...stats, downtimeLimitMs: s.downtimeLimitMs, stoppedAt: s.stoppedAt };
   }
 
+  async nextMigrationEvent(name: string, timeoutMs: number): Promise<string | null> {
+    const ev = await this.session(name)
+      .qmp.waitEvent('MIGRATION', () => true, timeoutMs)
+      .catch((err: unknown) => {
+        if (err instanceof FerryError && err.code === 'qmp-timeout') return null;
+        throw err;
+      });
+    return ev ? String(ev.data.status) : null;
+  }
+
   async setOutgoingParameters(name: string, parameters: Record<string, unknown>): Promise<void> {
     const s = this.session(name);
     await s.qmp.execute('migrate-set-parameters', parameters);
@@ -669,7 +679,7 @@ export class LocalHost implements HostDriver {
   }
 
   async cancelOutgoing(name: string): Promise<void> {
-    const s = this.session(name);
+    const s = await this.sessionForCleanup(name);
     const before = parseQueryMigrate(await s.qmp.execute('query-migrate'));
     if (before.status === 'completed' || before.status.startsWith('postcopy')) {
       throw new FerryError(
@@ -677,29 +687,48 @@ export class LocalHost implements HostDriver {
         `the migration of "${name}" has already switched over (${before.status})`,
       );
     }
-    if (before.status !== 'none' && before.status !== 'failed' && before.status !== 'cancelled') {
-      await s.qmp.execute('migrate_cancel');
-      const deadline = Date.now() + 10_000;
-      for (;;) {
-        const st = parseQueryMigrate(await s.qmp.execute('query-migrate')).status;
-        if (st === 'cancelled' || st === 'failed') break;
-        if (Date.now() > deadline)
-          throw new FerryError('migration-failed', `QEMU did not cancel the migration of "${name}" (${st})`);
-        await sleep(20);
+    try {
+      if (before.status !== 'none' && before.status !== 'failed' && before.status !== 'cancelled') {
+        await s.qmp.execute('migrate_cancel');
+        const deadline = Date.now() + 10_000;
+        for (;;) {
+          const st = parseQueryMigrate(await s.qmp.execute('query-migrate')).status;
+          if (st === 'cancelled' || st === 'failed') break;
+          if (Date.now() > deadline) {
+            throw new FerryError(
+              'migration-failed',
+              `QEMU did not cancel the migration of "${name}" (${st})`,
+            );
+          }
+          await sleep(20);
+        }
       }
+    } finally {
+      await this.keepRunningHere(name);
     }
-    await this.keepRunningHere(name);
+  }
+
+  /** The move's session, or a new one if it was lost: a rollback must still reach QEMU. */
+  private async sessionForCleanup(name: string): Promise<Session> {
+    const s = this.sessions.get(name);
+    if (s && !s.qmp.isClosed) return s;
+    const rt = await this.runtime(name);
+    if (!rt) throw new FerryError('vm-not-running', `VM "${name}" is not running on ${this.name}`);
+    return this.openSession(name, rt.qmpSocket);
   }
 
   /** After a cancel or failure: the VM runs here as before the move, and is no longer marked. */
   private async keepRunningHere(name: string): Promise<void> {
-    const s = this.session(name);
-    const rt = await this.runtime(name);
-    const st = await s.qmp.execute<{ status: string }>('query-status');
-    // QEMU restarts a VM that was running when its migration fails; make sure of it.
-    if (rt?.migration?.wasRunning && st.status !== 'running') await s.qmp.execute('cont');
-    await this.setMigrationMarker(name, null);
-    await this.closeSession(name);
+    try {
+      const s = await this.sessionForCleanup(name);
+      const rt = await this.runtime(name);
+      const st = await s.qmp.execute<{ status: string }>('query-status');
+      // QEMU restarts a VM that was running when its migration fails; make sure of it.
+      if (rt?.migration?.wasRunning && st.status !== 'running') await s.qmp.execute('cont');
+    } finally {
+      await this.setMigrationMarker(name, null);
+      await this.closeSession(name);
+    }
   }
 
   async resumeSource(name: string): Promise<void> {

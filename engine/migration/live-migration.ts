@@ -31,8 +31,8 @@ import { ConvergenceWatch } from './convergence.js';
 
 /** Without events in between, samples go out this often (the console draws ≥ 4 a second). */
 const SAMPLE_MS = 250;
-/** How often QEMU is asked, so a pre-switchover pause is answered at once. */
-const POLL_MS = 25;
+/** How often QEMU is asked between its MIGRATION events (which wake the loop at once). */
+const POLL_MS = 50;
 /** Bytes sent not growing for this long while QEMU says "active" is a stalled link. */
 const STALL_MS = 5000;
 
@@ -216,7 +216,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
           throw new FerryError('migration-failed', action.message);
         }
       }
-      await sleep(POLL_MS);
+      await source.nextMigrationEvent(name, POLL_MS);
     }
 
     // ---- 3 Modified pages -----------------------------------------------------------------------
