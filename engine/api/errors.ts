@@ -28,6 +28,26 @@ export const ERROR_CODES = [
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
+/** Codes that mean "refused before anything changed" (the CLI exits 2 for these, 1 for failures). */
+export const REFUSAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'bad-input',
+  'unknown-host',
+  'unknown-vm',
+  'duplicate-vm',
+  'duplicate-host',
+  'insufficient-memory',
+  'insufficient-disk',
+  'missing-image',
+  'qemu-missing',
+  'lab-already-up',
+  'lab-not-up',
+  'vm-running',
+  'vm-not-running',
+  'vm-migrating',
+  'unknown-migration',
+  'cancel-refused',
+]);
+
 /** A failure the user can act on: a stable code, a specific message and, where useful, how to fix it. */
 export class FerryError extends Error {
   override readonly name = 'FerryError';

@@ -3,29 +3,11 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { registerMigrationCommands } from './migrate.js';
 import { ExitWith, int, table } from './util.js';
-import { FerryError, isFerryError, type DiskRequest, type VmSummary } from '../api/index.js';
+import { FerryError, isFerryError, REFUSAL_CODES, type DiskRequest, type VmSummary } from '../api/index.js';
 import { Inventory } from '../host/inventory.js';
 import { ApiService } from '../service/api-service.js';
 
 /** Exit codes: 0 done, 1 failed while doing it, 2 refused (bad input or a check said no). */
-const REFUSALS = new Set([
-  'bad-input',
-  'unknown-host',
-  'unknown-vm',
-  'duplicate-vm',
-  'duplicate-host',
-  'insufficient-memory',
-  'insufficient-disk',
-  'missing-image',
-  'qemu-missing',
-  'lab-already-up',
-  'lab-not-up',
-  'vm-running',
-  'vm-not-running',
-  'vm-migrating',
-  'unknown-migration',
-  'cancel-refused',
-]);
 
 function positive(value: string): number {
   const n = Number(value);
@@ -326,7 +308,7 @@ export async function main(
     if (isFerryError(err)) {
       io.err(`ferry: ${err.message}\n`);
       if (err.hint) io.err(`  ${err.hint}\n`);
-      return REFUSALS.has(err.code) ? 2 : 1;
+      return REFUSAL_CODES.has(err.code) ? 2 : 1;
     }
     io.err(`ferry: unexpected error: ${(err as Error).stack ?? String(err)}\n`);
     return 1;

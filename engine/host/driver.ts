@@ -11,6 +11,7 @@ import type {
   VmInfo,
   VmSummary,
 } from '../api/index.js';
+import type { MigrationStats } from '../qemu/migration.js';
 
 export interface StopOptions {
   /** Skip the graceful ACPI power-down and turn the VM off at once. */
@@ -86,19 +87,7 @@ export interface StorageMoveResult {
   pauses: number;
 }
 
-export interface OutgoingStats {
-  status: string;
-  transferred: number;
-  remaining: number;
-  total: number;
-  dirtyPagesRate: number;
-  pageSize: number;
-  passes: number;
-  expectedDowntimeMs: number | null;
-  downtimeMs: number | null;
-  totalTimeMs: number | null;
-  throttlePct: number;
-  error: string | null;
+export interface OutgoingStats extends MigrationStats {
   downtimeLimitMs: number;
   /** Epoch ms of QEMU's STOP event on the source during this migration (vCPUs paused for cut-over). */
   stoppedAt: number | null;

@@ -105,6 +105,25 @@ interface Session {
 const eventMs = (ev: { timestamp: { seconds: number; microseconds: number } }): number =>
   ev.timestamp.seconds * 1000 + Math.round(ev.timestamp.microseconds / 1000);
 
+function newRuntime(
+  pid: number,
+  paths: VmRuntimePaths,
+  accel: string,
+  migration: Runtime['migration'],
+): Runtime {
+  return {
+    pid,
+    qmpSocket: paths.qmpSocket,
+    statusSocket: paths.statusSocket,
+    startedAt: new Date().toISOString(),
+    accel,
+    stopRequested: false,
+    crashedAt: null,
+    crashReason: null,
+    migration,
+  };
+}
+
 /** A migration marker whose owning Ferry process died no longer blocks the VM. */
 function activeMigration(rt: Runtime | null): Runtime['migration'] {
   const m = rt?.migration ?? null;
@@ -471,18 +490,7 @@ export class LocalHost implements HostDriver {
       for (const s of [paths.qmpSocket, paths.statusSocket]) await fs.promises.rm(s, { force: true });
       const log = this.qemuLog(name);
       const pid = await this.spawnQemu(facts.qemuBinary, qemuArgv(vm, paths, { accel: facts.accel }), log);
-      const record: Runtime = {
-        pid,
-        qmpSocket: paths.qmpSocket,
-        statusSocket: paths.statusSocket,
-        startedAt: new Date().toISOString(),
-        accel: facts.accel,
-        stopRequested: false,
-        crashedAt: null,
-        crashReason: null,
-        migration: null,
-      };
-      await writeJsonAtomic(this.runtimePath(name), record);
+      await writeJsonAtomic(this.runtimePath(name), newRuntime(pid, paths, facts.accel, null));
       try {
         const qmp = await connectWhenReady(paths.qmpSocket, pid, log);
         await qmp.close();
@@ -1017,23 +1025,16 @@ export class LocalHost implements HostDriver {
     const log = this.qemuLog(vm.name);
     const argv = qemuArgv(vm, paths, { accel: facts.accel, incoming: true, paused: true, prealloc: true });
     const pid = await this.spawnQemu(facts.qemuBinary, argv, log);
-    await writeJsonAtomic(this.runtimePath(vm.name), {
-      pid,
-      qmpSocket: paths.qmpSocket,
-      statusSocket: paths.statusSocket,
-      startedAt: new Date().toISOString(),
-      accel: facts.accel,
-      stopRequested: false,
-      crashedAt: null,
-      crashReason: null,
-      migration: {
+    await writeJsonAtomic(
+      this.runtimePath(vm.name),
+      newRuntime(pid, paths, facts.accel, {
         id: req.migrationId,
         role: 'destination',
         peer: '',
         ownerPid: process.pid,
         wasRunning: false,
-      },
-    } satisfies Runtime);
+      }),
+    );
     try {
       const first = await connectWhenReady(paths.qmpSocket, pid, log, 60_000); // -mem-prealloc takes a while
       await first.close();

@@ -24,7 +24,7 @@ import {
   type Summary,
   type VmConfig,
 } from '../api/index.js';
-import type { HostDriver, OutgoingStats } from '../host/driver.js';
+import type { DiskJob, HostDriver, OutgoingStats } from '../host/driver.js';
 import { parseLabGuestSerial } from '../host/lab-guest.js';
 import { planMigration } from '../qemu/migration.js';
 import { ConvergenceWatch } from './convergence.js';
@@ -63,7 +63,11 @@ export interface SharedNothing {
   deleteSourceDisks: string[];
 }
 
-class Cancelled extends Error {}
+export class Cancelled extends Error {
+  constructor() {
+    super('cancelled by the administrator');
+  }
+}
 
 export async function liveMigration(ctx: MoveContext): Promise<Summary> {
   const { source, dest, vm, options } = ctx;
@@ -85,7 +89,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     ctx.emit({ type: 'phase', phase, name: phaseName(phase), state: 'completed', ms: t.end - t.start });
   };
   const checkCancel = (): void => {
-    if (ctx.cancelRequested()) throw new Cancelled('cancelled by the administrator');
+    if (ctx.cancelRequested()) throw new Cancelled();
   };
 
   let begun = false;
@@ -129,27 +133,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
       const copyStart = ctx.now();
       await source.startDiskMirror(name, nbd, options.bandwidthMiBs);
       mirroring = true;
-      let lastEmit = -Infinity;
-      for (;;) {
-        checkCancel();
-        const jobs = await source.diskJobs(name);
-        const failed = jobs.find((j) => j.error || j.status === 'gone' || j.status === 'concluded');
-        if (failed)
-          throw new FerryError(
-            'migration-failed',
-            `copying ${failed.id} failed: ${failed.error ?? failed.status}`,
-          );
-        const done = jobs.every((j) => j.ready);
-        if (done || ctx.now() - lastEmit >= SAMPLE_MS) {
-          lastEmit = ctx.now();
-          ctx.emit({
-            type: 'storage-copy',
-            disks: jobs.map((j) => ({ id: j.id, copied: j.copied, total: j.total })),
-          });
-        }
-        if (done) break;
-        await sleep(POLL_MS * 2);
-      }
+      await followDiskCopy(ctx, () => source.diskJobs(name), checkCancel);
       storageCopyMs = ctx.now() - copyStart;
       ctx.emit({
         type: 'log',
@@ -351,6 +335,38 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
       null,
       warnings,
     );
+  }
+}
+
+/**
+ * Reports disk copy jobs (per disk: bytes copied of total) until all are in sync; a failed or vanished
+ * job fails the move. Shared by shared-nothing and storage-only moves.
+ */
+export async function followDiskCopy(
+  ctx: MoveContext,
+  jobsOf: () => Promise<DiskJob[]>,
+  checkCancel: () => void,
+): Promise<void> {
+  let lastEmit = -Infinity;
+  for (;;) {
+    checkCancel();
+    const jobs = await jobsOf();
+    const failed = jobs.find((j) => j.error || j.status === 'gone' || j.status === 'concluded');
+    if (failed)
+      throw new FerryError(
+        'migration-failed',
+        `copying ${failed.id} failed: ${failed.error ?? failed.status}`,
+      );
+    const done = jobs.every((j) => j.ready);
+    if (done || ctx.now() - lastEmit >= SAMPLE_MS) {
+      lastEmit = ctx.now();
+      ctx.emit({
+        type: 'storage-copy',
+        disks: jobs.map((j) => ({ id: j.id, copied: j.copied, total: j.total })),
+      });
+    }
+    if (done) return;
+    await sleep(POLL_MS * 2);
   }
 }
 

@@ -1,12 +1,9 @@
 // Storage-only move (R4): a running VM's disks move to another folder on the same host. Each disk is
 // mirrored into a new file while the guest runs (every write goes to both once copied), then the
 // device pivots onto the copy without pausing the guest, and the old files are deleted.
-import { setTimeout as sleep } from 'node:timers/promises';
-import { FerryError, type Summary } from '../api/index.js';
+import type { Summary } from '../api/index.js';
 import type { DiskTarget } from './preflight.js';
-import { summary, type MoveContext } from './live-migration.js';
-
-const SAMPLE_MS = 250;
+import { Cancelled, followDiskCopy, summary, type MoveContext } from './live-migration.js';
 
 export async function storageMove(ctx: MoveContext, targets: DiskTarget[]): Promise<Summary> {
   const host = ctx.source;
@@ -18,27 +15,13 @@ export async function storageMove(ctx: MoveContext, targets: DiskTarget[]): Prom
   try {
     await host.startStorageMove(name, targets, ctx.options.bandwidthMiBs);
     started = true;
-    let lastEmit = -Infinity;
-    for (;;) {
-      if (ctx.cancelRequested()) throw new Cancelled();
-      const jobs = await host.storageMoveJobs(name);
-      const failed = jobs.find((j) => j.error || j.status === 'gone' || j.status === 'concluded');
-      if (failed)
-        throw new FerryError(
-          'migration-failed',
-          `copying ${failed.id} failed: ${failed.error ?? failed.status}`,
-        );
-      const done = jobs.every((j) => j.ready);
-      if (done || ctx.now() - lastEmit >= SAMPLE_MS) {
-        lastEmit = ctx.now();
-        ctx.emit({
-          type: 'storage-copy',
-          disks: jobs.map((j) => ({ id: j.id, copied: j.copied, total: j.total })),
-        });
-      }
-      if (done) break;
-      await sleep(50);
-    }
+    await followDiskCopy(
+      ctx,
+      () => host.storageMoveJobs(name),
+      () => {
+        if (ctx.cancelRequested()) throw new Cancelled();
+      },
+    );
     const copyMs = ctx.now() - start;
     const result = await host.completeStorageMove(name);
     for (const d of result.disks)
@@ -60,5 +43,3 @@ export async function storageMove(ctx: MoveContext, targets: DiskTarget[]): Prom
     };
   }
 }
-
-class Cancelled extends Error {}
