@@ -272,7 +272,8 @@ export function buildProgram(io: Io, inv: Inventory): Command {
     .option('--host <address>', 'address to listen on', '127.0.0.1')
     .action(async (o: { port: number; host: string }) => {
       const { startWebServer } = await import('../web/server.js');
-      const server = await startWebServer({ port: o.port, host: o.host, service: new ApiService(inv) });
+      const service = new ApiService(inv);
+      const server = await startWebServer({ port: o.port, host: o.host, service });
       // The URL goes to stdout (scripts and tests read it); everything else to stderr.
       io.out(`${server.url}\n`);
       say(`Ferry console: open ${server.url}  (Ctrl-C stops it)`);
@@ -280,7 +281,12 @@ export function buildProgram(io: Io, inv: Inventory): Command {
         const stop = (): void => {
           process.off('SIGINT', stop);
           process.off('SIGTERM', stop);
-          void server.close().then(resolve);
+          // Moves run in this process: cancel those that can be, let the others finish, then stop.
+          say('stopping: waiting for moves in progress…');
+          void service.manager
+            .shutdown()
+            .then(() => server.close())
+            .then(resolve);
         };
         process.on('SIGINT', stop);
         process.on('SIGTERM', stop);

@@ -309,7 +309,13 @@ export function registerMigrationCommands(program: Command, io: Io, inv: Invento
             say(`${e.id} ${describe(e) ?? ''}`);
         });
       }
-      const results = await runDrain(m, plan);
+      // Ctrl-C cancels what can still be cancelled and waits for the rest, never abandoning a move.
+      const onSigint = (): void => {
+        say('\nstopping the drain: cancelling moves that have not switched over…');
+        void m.shutdown();
+      };
+      process.on('SIGINT', onSigint);
+      const results = await runDrain(m, plan).finally(() => process.off('SIGINT', onSigint));
       if (o.json) json({ plan, results });
       const stays = plan.filter((p) => p.mode === 'stays');
       if (results.some((r) => r.status !== 'completed') || stays.length > 0) throw new ExitWith(1);

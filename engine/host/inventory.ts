@@ -16,7 +16,7 @@ import {
 import type { HostDriver } from './driver.js';
 import { createLink, planLink, removeLink } from './lab-link.js';
 import { LocalHost } from './local-host.js';
-import { ferryHome, readJson, withLock, writeJsonAtomic } from './store.js';
+import { ferryHome, readJson, socketDir, withLock, writeJsonAtomic } from './store.js';
 
 const InventorySchema = z.object({
   formatVersion: z.literal(1),
@@ -222,7 +222,10 @@ export class Inventory {
       }
       await writeJsonAtomic(this.file, { ...inv, hosts: inv.hosts.filter((h) => h.kind !== 'lab') });
       if (lab.some((h) => h.netns)) await removeLink(planLink(this.home, lab.length));
-      for (const rec of lab) await fs.promises.rm(rec.stateDir, { recursive: true, force: true });
+      for (const rec of lab) {
+        await fs.promises.rm(rec.stateDir, { recursive: true, force: true });
+        await fs.promises.rm(socketDir(rec.stateDir), { recursive: true, force: true });
+      }
       await fs.promises.rm(this.labDir, { recursive: true, force: true });
       return { hosts: lab.map((h) => h.name), stoppedVms: stopped };
     });

@@ -270,7 +270,81 @@ export class LocalHost implements HostDriver {
     return readJson(this.runtimePath(name), RuntimeSchema);
   }
 
+  /**
+   * The Ferry process that ran a move died before finishing it. Before the switch-over the source takes
+   * the VM back (cancel, resume) and a destination skeleton is removed. After it, nothing is guessed:
+   * the VM stays paused with the reason, for the administrator to decide.
+   */
+  private async recoverAbandonedMove(
+    name: string,
+    rt: Runtime,
+  ): Promise<{ state: VmState; reason: string } | null> {
+    const m = rt.migration!;
+    return withLock(this.lockPath(name), async () => {
+      const cur = await this.runtime(name);
+      if (!cur?.migration || cur.migration.id !== m.id || activeMigration(cur)) return null;
+      if (m.role === 'destination') {
+        const qmp = await QmpClient.connect(cur.statusSocket, { timeoutMs: 3000 }).catch(() => null);
+        const status = qmp
+          ? (await qmp.execute<{ status: string }>('query-status').catch(() => null))?.status
+          : null;
+        await qmp?.close();
+        if (status === 'running') {
+          // Finish resumed it here before the mover died: this host owns the VM.
+          await writeJsonAtomic(this.runtimePath(name), { ...cur, migration: null });
+          return null;
+        }
+        await this.abortIncoming(name); // never resumed here: the source still has the VM
+        return {
+          state: 'stopped' as const,
+          reason: `the move ${m.id} was abandoned; its skeleton here was removed`,
+        };
+      }
+      const qmp = await QmpClient.connect(cur.qmpSocket, { timeoutMs: 5000 }).catch(() => null);
+      if (!qmp) return null;
+      try {
+        const st = parseQueryMigrate(await qmp.execute('query-migrate')).status;
+        if (st === 'completed' || st.startsWith('postcopy')) {
+          return {
+            state: 'paused' as const,
+            reason: `the move ${m.id} to ${m.peer} was abandoned after the switch-over: check ${m.peer} before resuming this copy`,
+          };
+        }
+        if (st !== 'none' && st !== 'failed' && st !== 'cancelled')
+          await qmp.execute('migrate_cancel').catch(() => undefined);
+        for (let i = 0; i < 100; i++) {
+          const now = parseQueryMigrate(await qmp.execute('query-migrate')).status;
+          if (now === 'none' || now === 'failed' || now === 'cancelled') break;
+          await sleep(20);
+        }
+        const run = await qmp.execute<{ status: string }>('query-status');
+        if (m.wasRunning && run.status !== 'running') await qmp.execute('cont');
+        await writeJsonAtomic(this.runtimePath(name), { ...cur, migration: null });
+        return null; // observed afresh below
+      } finally {
+        await qmp.close();
+      }
+    });
+  }
+
+  /** Destination skeletons of moves whose Ferry process died (they never show as VMs). */
+  private async sweepAbandonedIncoming(): Promise<void> {
+    let dirs: string[] = [];
+    try {
+      dirs = await fs.promises.readdir(this.vmsDir);
+    } catch {
+      return;
+    }
+    for (const name of dirs) {
+      if (!fs.existsSync(path.join(this.vmDir(name), 'incoming.json'))) continue;
+      const rt = await this.runtime(name).catch(() => null);
+      if (rt?.migration?.role === 'destination' && !activeMigration(rt))
+        await this.abortIncoming(name).catch(() => undefined);
+    }
+  }
+
   async listVms(): Promise<VmSummary[]> {
+    await this.sweepAbandonedIncoming();
     let names: string[] = [];
     try {
       names = (await fs.promises.readdir(this.vmsDir)).filter((n) => fs.existsSync(this.configPath(n)));
@@ -307,21 +381,35 @@ export class LocalHost implements HostDriver {
     if (!rt) return { state: 'stopped', reason: null };
     if (rt.crashedAt) return { state: 'crashed', reason: rt.crashReason };
     if (!isQemuAlive(rt.pid, rt.qmpSocket)) {
-      if (rt.stopRequested) {
-        await fs.promises.rm(this.runtimePath(vm.name), { force: true });
-        return { state: 'stopped', reason: null };
-      }
-      // Noticed for the first time: record it so the crash is reported until the VM is started again.
-      const last = tailOf(this.qemuLog(vm.name), 1);
-      const reason = `QEMU (pid ${rt.pid}) exited unexpectedly${last ? `; its log ends: ${last}` : ''}`;
-      await writeJsonAtomic(this.runtimePath(vm.name), {
-        ...rt,
-        crashedAt: new Date().toISOString(),
-        crashReason: reason,
+      // Record what happened under the VM's lock, and only if the record is still about that QEMU:
+      // another process may have started the VM again meanwhile.
+      return withLock(this.lockPath(vm.name), async () => {
+        const cur = await this.runtime(vm.name);
+        if (!cur || cur.pid !== rt.pid || cur.crashedAt) {
+          if (!cur) return { state: 'stopped' as const, reason: null };
+          if (cur.crashedAt) return { state: 'crashed' as const, reason: cur.crashReason };
+          return { state: 'starting' as const, reason: null };
+        }
+        if (cur.stopRequested) {
+          await fs.promises.rm(this.runtimePath(vm.name), { force: true });
+          return { state: 'stopped' as const, reason: null };
+        }
+        // Noticed for the first time: recorded, so it is reported until the VM is started again.
+        const last = tailOf(this.qemuLog(vm.name), 1);
+        const reason = `QEMU (pid ${rt.pid}) exited unexpectedly${last ? `; its log ends: ${last}` : ''}`;
+        await writeJsonAtomic(this.runtimePath(vm.name), {
+          ...cur,
+          crashedAt: new Date().toISOString(),
+          crashReason: reason,
+        });
+        return { state: 'crashed' as const, reason };
       });
-      return { state: 'crashed', reason };
     }
     if (rt.stopRequested) return { state: 'stopping', reason: null };
+    if (rt.migration && !activeMigration(rt)) {
+      const outcome = await this.recoverAbandonedMove(vm.name, rt);
+      if (outcome) return outcome;
+    }
     const mig = activeMigration(rt);
     if (mig?.role === 'source') return { state: 'migrating', reason: `moving to ${mig.peer} (${mig.id})` };
     try {
@@ -817,6 +905,14 @@ export class LocalHost implements HostDriver {
   async finishDiskMirror(name: string): Promise<void> {
     const { qmp } = this.session(name);
     const ids = await this.diskIds(name);
+    // Every mirror must still be in sync: one that failed after READY would leave a stale copy.
+    const jobs = await diskJobs(qmp, ids);
+    const bad = jobs.find((j) => !j.ready || j.error || j.status !== 'ready');
+    if (bad)
+      throw new FerryError(
+        'migration-failed',
+        `the copy of ${bad.id} is not in sync (${bad.error ?? bad.status})`,
+      );
     await cancelMirrors(qmp, ids, false);
     // The destination can close its exports only after the source dropped its NBD clients.
     await deleteNodes(
@@ -826,8 +922,7 @@ export class LocalHost implements HostDriver {
   }
 
   async abortDiskMirror(name: string): Promise<void> {
-    const s = this.sessions.get(name);
-    if (!s || s.qmp.isClosed) return;
+    const s = await this.sessionForCleanup(name);
     const ids = await this.diskIds(name);
     await cancelMirrors(s.qmp, ids, true).catch(() => undefined);
     await deleteNodes(
@@ -927,20 +1022,15 @@ export class LocalHost implements HostDriver {
       oldNodes.push(node, ...(fileNode ? [fileNode['node-name']] : []));
     }
     // Pivot: the device switches to the copy without pausing the guest.
-    for (const id of ids) await s.qmp.execute('block-job-complete', { device: mirrorJobId(id) });
-    await waitJobsGone(s.qmp, ids);
-    for (const id of ids) {
-      if (!(await currentNode(s.qmp, id)).startsWith(`${id}-n`)) {
-        throw new FerryError('migration-failed', `${id} did not switch to its new file`);
-      }
-    }
-    // The old nodes are unused now; delete format nodes before their file nodes.
-    await deleteNodes(s.qmp, oldNodes);
-    const moved = plan.targets.map((t) => ({
-      id: t.id,
-      from: vm.disks.find((d) => d.id === t.id)!.path,
-      to: t.path,
-    }));
+    for (const id of ids)
+      await s.qmp.execute('block-job-complete', { device: mirrorJobId(id) }).catch(() => undefined);
+    await waitJobsGone(s.qmp, ids).catch(() => undefined);
+    // Record at once every disk that now runs on its copy: those copies are the VM's disks from here on.
+    const pivoted: string[] = [];
+    for (const t of plan.targets) if ((await currentNode(s.qmp, t.id)) === t.node) pivoted.push(t.id);
+    const moved = plan.targets
+      .filter((t) => pivoted.includes(t.id))
+      .map((t) => ({ id: t.id, from: vm.disks.find((d) => d.id === t.id)!.path, to: t.path }));
     const next: VmConfig = {
       ...vm,
       disks: vm.disks.map((d) => {
@@ -949,6 +1039,11 @@ export class LocalHost implements HostDriver {
       }),
     };
     await writeJsonAtomic(this.configPath(name), VmConfigSchema.parse(next));
+    const stuck = ids.filter((id) => !pivoted.includes(id));
+    if (stuck.length > 0)
+      throw new FerryError('migration-failed', `${stuck.join(', ')} did not switch to the new file`);
+    // The old nodes are unused now; delete format nodes before their file nodes.
+    await deleteNodes(s.qmp, oldNodes);
     for (const m of moved) {
       await fs.promises.rm(m.from, { force: true });
       await fs.promises.rmdir(path.dirname(m.from)).catch(() => undefined);
@@ -961,7 +1056,10 @@ export class LocalHost implements HostDriver {
   }
 
   async abortStorageMove(name: string): Promise<void> {
-    const plan = await readJson(this.storageMovePath(name), StoragePlanSchema).catch(() => null);
+    const all = await readJson(this.storageMovePath(name), StoragePlanSchema).catch(() => null);
+    // A disk that already pivoted onto its copy keeps it (the configuration says so): never delete that.
+    const inUse = new Set((await this.vmConfig(name)).disks.map((d) => d.path));
+    const plan = all ? { targets: all.targets.filter((t) => !inUse.has(t.path)) } : null;
     const s = this.sessions.get(name);
     if (s && !s.qmp.isClosed && plan) {
       const ids = plan.targets.map((t) => t.id);
@@ -1006,17 +1104,21 @@ export class LocalHost implements HostDriver {
     await writeJsonAtomic(path.join(this.vmDir(vm.name), 'incoming.json'), vm);
     const newDisks = req.newDisks ?? [];
     if (newDisks.length > 0) {
-      // Remember them first, so an abort removes whatever part of them was made.
-      await writeJsonAtomic(
-        this.newDisksPath(vm.name),
-        newDisks.map((d) => d.path),
-      );
       const qemuImg = findQemuImg(facts.qemuBinary);
-      for (const d of newDisks) {
-        if (fs.existsSync(d.path))
-          throw new FerryError('bad-input', `${d.path} already exists on ${this.name}`);
-        await ensureDir(path.dirname(d.path));
-        await execFileAsync(qemuImg, ['create', '-q', '-f', d.format, d.path, String(d.sizeBytes)]);
+      const made: string[] = [];
+      try {
+        for (const d of newDisks) {
+          if (fs.existsSync(d.path))
+            throw new FerryError('bad-input', `${d.path} already exists on ${this.name}`);
+          // Noted before it is made, so an abort removes a half-made file, and never someone else's.
+          made.push(d.path);
+          await writeJsonAtomic(this.newDisksPath(vm.name), made);
+          await ensureDir(path.dirname(d.path));
+          await execFileAsync(qemuImg, ['create', '-q', '-f', d.format, d.path, String(d.sizeBytes)]);
+        }
+      } catch (err) {
+        await this.abortIncoming(vm.name);
+        throw err;
       }
     }
     const paths = this.runtimePaths(vm);
@@ -1130,11 +1232,8 @@ export class LocalHost implements HostDriver {
   async finishIncoming(name: string): Promise<{ resumedAt: number }> {
     const s = this.session(name);
     // The source has let go of the NBD exports (its mirror nodes are deleted): close them.
-    if (fs.existsSync(this.newDisksPath(name))) {
-      await s.qmp.execute('nbd-server-stop').catch(() => undefined);
-      await fs.promises.rm(this.newDisksPath(name), { force: true });
-    }
-    // Commit first: from here this host owns the VM. Then run it.
+    if (fs.existsSync(this.newDisksPath(name))) await s.qmp.execute('nbd-server-stop').catch(() => undefined);
+    // Commit, then run. Until the marker is cleared below, an abort still removes all of it.
     await fs.promises.rename(path.join(this.vmDir(name), 'incoming.json'), this.configPath(name));
     const resumed = s.qmp.waitEvent('RESUME', () => true, 10_000);
     await s.qmp.execute('cont');
@@ -1142,6 +1241,7 @@ export class LocalHost implements HostDriver {
     const st = await s.qmp.execute<{ status: string }>('query-status');
     if (st.status !== 'running')
       throw new FerryError('migration-failed', `VM "${name}" on ${this.name} is ${st.status} after cont`);
+    await fs.promises.rm(this.newDisksPath(name), { force: true });
     await this.setMigrationMarker(name, null);
     return { resumedAt: eventMs(ev) };
   }
@@ -1157,7 +1257,8 @@ export class LocalHost implements HostDriver {
     const rt = await this.runtime(name);
     if (rt) await killQemu(rt.pid, rt.qmpSocket);
     if (rt) for (const sock of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(sock, { force: true });
-    if (!(await this.hasVm(name))) {
+    // Uncommitted, or committed by a Finish that never completed (the marker is still set).
+    if (!(await this.hasVm(name)) || rt?.migration?.role === 'destination') {
       // Partial copies of a shared-nothing move: never leave them behind.
       const made = await readJson(this.newDisksPath(name), z.array(z.string())).catch(() => null);
       for (const f of made ?? []) {

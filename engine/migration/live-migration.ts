@@ -98,6 +98,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
   let storageCopyMs: number | null = null;
   let completed = false; // QEMU finished sending: from here on, never roll back to the source
   let destRunning = false;
+  let postcopy = false; // once post-copy runs, the source never resumes: the destination has run
   let last: OutgoingStats | null = null;
   let stoppedAt: number | null = null;
   let resumedAt: number | null = null;
@@ -131,8 +132,8 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     if (ctx.storage && nbd) {
       end(1);
       const copyStart = ctx.now();
+      mirroring = true; // before starting: a half-started mirror must be cleaned up too
       await source.startDiskMirror(name, nbd, options.bandwidthMiBs);
-      mirroring = true;
       await followDiskCopy(ctx, () => source.diskJobs(name), checkCancel);
       storageCopyMs = ctx.now() - copyStart;
       ctx.emit({
@@ -213,11 +214,24 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
       mirroring = false;
     }
     await source.continueOutgoing(name);
-    let postcopy = false;
+    let lastBytes3 = -1;
+    let growthAt = ctx.now();
     for (;;) {
+      // Until QEMU completes, a cancel still rolls back (the destination was started with -S and
+      // has not run), and a final copy that stops moving is a stall, not a wait forever.
+      checkCancel();
       const st = await source.outgoingStats(name);
       last = st;
       if (st.status === 'completed') break;
+      if (st.transferred > lastBytes3) {
+        lastBytes3 = st.transferred;
+        growthAt = ctx.now();
+      } else if (ctx.now() - growthAt > STALL_MS) {
+        throw new FerryError(
+          'migration-failed',
+          `the final copy stalled: no bytes sent for ${Math.round((ctx.now() - growthAt) / 1000)} s`,
+        );
+      }
       if (st.status === 'postcopy-active') {
         postcopy = true;
         break;
@@ -255,7 +269,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
       ctx.emit({
         type: 'log',
         level: 'info',
-        message: `${dest.name} holds ${handle.disks.map((d) => `${d.id} (${d.file})`).join(', ')}; ${source.name} has inactivated them`,
+        message: `${dest.name} holds ${handle.disks.map((d) => `${d.id} (${d.file})`).join(', ')}, attached and writable; ${source.name}'s migration is ${last.status}, so QEMU has inactivated its disks there`,
       });
     }
 
@@ -269,11 +283,12 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
         const st = await source.outgoingStats(name);
         last = st;
         if (st.status === 'completed') break;
-        if (st.status === 'failed')
+        if (st.status === 'failed' || st.status === 'postcopy-paused') {
           throw new FerryError(
             'migration-failed',
-            `post-copy failed after the switch-over: ${st.error ?? 'unknown'}`,
+            `post-copy ${st.status} after the switch-over: ${st.error ?? 'link lost'}`,
           );
+        }
         await sleep(POLL_MS);
       }
     }
@@ -301,6 +316,16 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     const cancelled = err instanceof Cancelled;
     const reason = cancelled ? 'cancelled by the administrator' : (err as Error).message;
     if (current) end(current);
+    if (postcopy && destRunning) {
+      // Part of the guest's memory is still on the source: keep both for QEMU's post-copy recovery
+      // (migrate-pause / migrate-recover), never resume or kill the source here.
+      warnings.push(`post-copy did not finish: ${reason}; the source QEMU is kept for recovery`);
+      return summary(storageCopyMs, ctx, 'failed', reason, timings, last, stoppedAt, resumedAt, warnings);
+    }
+    if (completed && !destRunning && prepared) {
+      // Finish may have resumed the VM before it failed: then the destination owns it.
+      destRunning = (await dest.incomingRunState(name).catch(() => 'unknown')) === 'running';
+    }
     if (destRunning) {
       // The VM runs on the destination: finish forward, never resume the source.
       warnings.push(`after the switch-over: ${reason}`);

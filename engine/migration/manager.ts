@@ -40,6 +40,7 @@ export class MigrationManager {
   private readonly listeners = new Set<Listener>();
   /** Moves run by this process: their phase, and whether a cancel was asked for. */
   private readonly local = new Map<string, { phase: number; cancel: boolean; queued: boolean }>();
+  private readonly running = new Map<string, Promise<Summary>>();
 
   constructor(private readonly inv: Inventory) {
     this.history = new History(path.join(inv.home, 'migrations'));
@@ -105,10 +106,14 @@ export class MigrationManager {
     const state = { phase: 0, cancel: false, queued: false };
     this.local.set(id, state);
     let lastPersist = 0;
-    const persist = async (force = false): Promise<void> => {
-      if (!force && Date.now() - lastPersist < PERSIST_MS) return;
+    // Saves run one after another, so an older snapshot never lands after the final one.
+    let saving: Promise<void> = Promise.resolve();
+    const persist = (force = false): Promise<void> => {
+      if (!force && Date.now() - lastPersist < PERSIST_MS) return saving;
       lastPersist = Date.now();
-      await this.history.save(rec);
+      const snapshot = structuredClone(rec);
+      saving = saving.then(() => this.history.save(snapshot)).catch(() => undefined);
+      return saving;
     };
     const emit: EventSink = (partial) => {
       const e = { ...partial, id, at: now() } as MigrationEvent;
@@ -120,7 +125,7 @@ export class MigrationManager {
 
     const run = async (): Promise<Summary> => {
       try {
-        const { report, options, vm, targets } = await preflight(req, source, dest);
+        let { report, options, vm, targets } = await preflight(req, source, dest);
         rec.preflight = report;
         rec.options = options;
         if (report.errors.length > 0) {
@@ -137,6 +142,13 @@ export class MigrationManager {
           },
         );
         state.queued = false;
+        if (rec.events.some((e) => e.type === 'queued')) {
+          // Things change while a move waits: check again before starting.
+          ({ report, options, vm, targets } = await preflight(req, source, dest));
+          rec.preflight = report;
+          rec.options = options;
+          if (report.errors.length > 0) return refused(id, req, source.name, dest.name, report, now());
+        }
         rec.status = 'running';
         rec.startedAt = new Date().toISOString();
         emit({ type: 'started', vm: req.vm, from: source.name, to: dest.name, kind: req.kind, options });
@@ -178,7 +190,18 @@ export class MigrationManager {
       this.local.delete(id);
       return s;
     });
+    this.running.set(id, done);
+    void done.finally(() => this.running.delete(id));
     return { id, done };
+  }
+
+  /**
+   * Before this process exits (Ctrl-C in a drain, the web mode stopping): cancel every move it runs that
+   * can still be cancelled and wait for all of them, so none is left half-way with nobody to finish it.
+   */
+  async shutdown(): Promise<Summary[]> {
+    for (const id of this.running.keys()) await this.cancel(id).catch(() => undefined);
+    return Promise.all(this.running.values());
   }
 
   private cancelRequested(id: string): boolean {

@@ -424,3 +424,55 @@ describe('stalls, Ctrl-C and the history from the CLI', () => {
     expect(hist[0]).not.toHaveProperty('samples');
   });
 });
+
+describe('a mover that dies', () => {
+  it('a move whose Ferry process is killed is rolled back by the next look: VM running on the source, no skeleton', async () => {
+    const { spawn } = await import('node:child_process');
+    const { REPO } = await import('../helpers.js');
+    const from = (await inv.locate('slow')).name;
+    const to = from === 'lab1' ? 'lab2' : 'lab1';
+    const pid = await pidOf('slow');
+    const child = spawn(
+      process.execPath,
+      [
+        path.join(REPO, 'bin', 'ferry.js'),
+        'move',
+        'slow',
+        '--to',
+        to,
+        '--performance',
+        'tcp',
+        '--bandwidth',
+        '8',
+        '--json',
+      ],
+      {
+        env: { ...process.env, FERRY_HOME: home },
+      },
+    );
+    let out = '';
+    await new Promise<void>((resolve) => {
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (/"bytesSent":[1-9]\d{6}/.test(out)) resolve();
+      });
+    });
+    const skeleton = JSON.parse(
+      fs.readFileSync(path.join(home, 'hosts', to, 'vms', 'slow', 'runtime.json'), 'utf8'),
+    ) as { pid: number };
+    child.kill('SIGKILL'); // no chance to clean up
+    await new Promise((resolve) => child.once('exit', resolve));
+    const list = JSON.parse((await ferry(home, ['vm', 'list', '--json'])).stdout) as {
+      name: string;
+      host: string;
+      state: string;
+      pid: number;
+    }[];
+    expect(list.find((v) => v.name === 'slow')).toMatchObject({ host: from, state: 'running', pid });
+    expect(isQemuAlive(skeleton.pid, '')).toBe(false);
+    expect(fs.existsSync(path.join(home, 'hosts', to, 'vms', 'slow'))).toBe(false);
+    // And it can move again.
+    const again = await move({ vm: 'slow', to, performance: 'tcp' });
+    expect(again.summary.status, again.summary.reason ?? '').toBe('completed');
+  });
+});
