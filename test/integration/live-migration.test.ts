@@ -204,10 +204,31 @@ describe('convergence', () => {
   });
 });
 
+describe('convergence by post-copy', () => {
+  it('postcopy: raises to the ceiling, then switches to post-copy and completes with the guest intact', async () => {
+    const from = (await inv.locate('hot')).name;
+    const to = from === 'lab1' ? 'lab2' : 'lab1';
+    await (await inv.host(from)).updateSettings({ downtimeCeilingMs: 600 });
+    const lastPass = (await guestReport(inv, 'hot')).heartbeats.at(-1)!.pass;
+    const m = await move({ vm: 'hot', to, performance: 'tcp', bandwidthMiBs: 32, convergence: 'postcopy' });
+    expect(m.summary.status, m.summary.reason ?? '').toBe('completed');
+    const steps = m.events
+      .filter((e) => e.type === 'escalation')
+      .map((e) => (e.type === 'escalation' ? e.step : ''));
+    expect(steps.at(-1)).toBe('postcopy');
+    expect(steps.slice(0, -1).every((s) => s === 'raise-downtime')).toBe(true);
+    expect(phaseOrder(m.events)).toEqual(ALL_PHASES);
+    const after = await waitForPasses(inv, 'hot', lastPass + 3);
+    expect(after.boots).toBe(0);
+    expect(after.mismatches).toEqual([]);
+    expect((await (await inv.host(to)).vmInfo('hot')).state).toBe('running');
+  });
+});
+
 describe('cancel and failure', () => {
   // A slow move: 64 MiB rewritten continuously through 8 MiB/s stays in phase 2 until stopped.
   beforeAll(async () => {
-    await (await inv.host('lab2')).stopVm('hot', { force: true, timeoutMs: 0 });
+    await (await inv.locate('hot')).stopVm('hot', { force: true, timeoutMs: 0 });
     await inv.createVm({
       name: 'slow',
       host: 'lab1',
