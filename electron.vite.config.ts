@@ -4,6 +4,8 @@ import { fileURLToPath } from 'node:url';
 import vue from '@vitejs/plugin-vue';
 import { defineConfig } from 'electron-vite';
 
+import { vendorChunks } from './renderer/vite.config.js';
+
 const fromRoot = (path: string): string => fileURLToPath(new URL(path, import.meta.url));
 
 const pkg = JSON.parse(readFileSync(fromRoot('./package.json'), 'utf8')) as { version: string };
@@ -31,7 +33,8 @@ export default defineConfig({
     root: fromRoot('./renderer'),
     plugins: [vue()],
     build: {
-      rolldownOptions: { input: fromRoot('./renderer/index.html') },
+      rolldownOptions: { input: fromRoot('./renderer/index.html'), output: { codeSplitting: vendorChunks } },
+      chunkSizeWarningLimit: 1024,
     },
   },
 });

@@ -1,9 +1,10 @@
+import type { ApiClient, ApiError } from '../engine/api/index.js';
+
 /**
- * What the preload exposes to the renderer as `window.ferry`. A placeholder: the real
- * console API arrives with a later issue (and will likely be typed in engine/api so web
- * mode shares it).
+ * What the preload exposes to the renderer as `window.ferry`: exactly the API contract's client, so the
+ * renderer cannot tell it from the web mode's WebSocket client.
  */
-export interface FerryBridge {
-  /** Ferry's version, from package.json at build time. */
-  readonly version: string;
-}
+export type FerryBridge = ApiClient;
+
+/** What `ferry:call` answers: the result, or the contract's error shape (Error objects lose fields over IPC). */
+export type IpcReply = { ok: true; result: unknown } | { ok: false; error: ApiError };

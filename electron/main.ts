@@ -1,8 +1,12 @@
+import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-import { app, BrowserWindow, session } from 'electron';
+import { app, BrowserWindow, ipcMain, screen, session } from 'electron';
 
-import { denyAllPermissions, installNavigationGuards, secureWindowOptions } from './window.js';
+import { ApiService } from '../engine/service/api-service.js';
+import { bindApi } from './ipc.js';
+import { installNavigationGuards, isAppUrl, restrictPermissions, secureWindowOptions } from './window.js';
+import { fitToDisplays, readWindowState, STATE_FILE, trackWindowState } from './window-state.js';
 
 // Paths are relative to the bundle in out/main/ (see electron.vite.config.ts).
 const PRELOAD_PATH = fileURLToPath(new URL('../preload/index.cjs', import.meta.url));
@@ -17,11 +21,22 @@ function rendererTarget(): RendererTarget {
   return { kind: 'file', file: INDEX_HTML, url: pathToFileURL(INDEX_HTML).href };
 }
 
+const target = rendererTarget();
+const isApp = (url: string): boolean => isAppUrl(url, target.url);
+
 export function createMainWindow(): BrowserWindow {
-  const target = rendererTarget();
-  const win = new BrowserWindow(secureWindowOptions(PRELOAD_PATH));
+  const stateFile = path.join(app.getPath('userData'), STATE_FILE);
+  const state = fitToDisplays(
+    readWindowState(stateFile),
+    screen.getAllDisplays().map((d) => d.workArea),
+  );
+  const win = new BrowserWindow(secureWindowOptions(PRELOAD_PATH, state));
   installNavigationGuards(win.webContents, target.url);
-  win.once('ready-to-show', () => win.show());
+  trackWindowState(win, stateFile);
+  win.once('ready-to-show', () => {
+    if (state.maximized) win.maximize();
+    win.show();
+  });
 
   const loading = target.kind === 'dev' ? win.loadURL(target.url) : win.loadFile(target.file);
   loading.catch((error: unknown) => console.error(`ferry: failed to load ${target.url}:`, error));
@@ -39,7 +54,11 @@ app.on('window-all-closed', () => {
 app
   .whenReady()
   .then(() => {
-    denyAllPermissions(session.defaultSession);
+    restrictPermissions(session.defaultSession, isApp);
+    // The engine runs here, in the main process: the renderer reaches it only through the preload's API.
+    // VMs are separate QEMU processes, so they keep running when the app quits.
+    const unbind = bindApi(ipcMain, new ApiService(), isApp);
+    app.on('will-quit', unbind);
     createMainWindow();
     app.on('activate', () => {
       if (BrowserWindow.getAllWindows().length === 0) createMainWindow();

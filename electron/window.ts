@@ -1,13 +1,19 @@
 import type { BrowserWindowConstructorOptions, Session, WebContents } from 'electron';
 
+import type { WindowState } from './window-state.js';
+
 /**
  * BrowserWindow options for the Ferry console. Kept pure (no Electron runtime import)
  * so the security posture is unit-testable without an Electron binary.
  */
-export function secureWindowOptions(preloadPath: string): BrowserWindowConstructorOptions {
+export function secureWindowOptions(
+  preloadPath: string,
+  state: WindowState = { width: 1280, height: 800, maximized: false },
+): BrowserWindowConstructorOptions {
   return {
-    width: 1280,
-    height: 800,
+    width: state.width,
+    height: state.height,
+    ...(state.x !== undefined && state.y !== undefined ? { x: state.x, y: state.y } : {}),
     minWidth: 900,
     minHeight: 560,
     title: 'Ferry',
@@ -24,6 +30,8 @@ export function secureWindowOptions(preloadPath: string): BrowserWindowConstruct
       webSecurity: true,
       allowRunningInsecureContent: false,
       webviewTag: false,
+      // The console needs no spell checker, and its dictionaries would be downloaded from Google.
+      spellcheck: false,
     },
   };
 }
@@ -55,11 +63,29 @@ export function installNavigationGuards(contents: WebContents, appUrl: string): 
   contents.on('will-navigate', (event) => {
     if (!isAppUrl(event.url, appUrl)) event.preventDefault();
   });
+  contents.on('will-redirect', (event) => {
+    if (!isAppUrl(event.url, appUrl)) event.preventDefault();
+  });
   contents.setWindowOpenHandler(() => ({ action: 'deny' }));
   contents.on('will-attach-webview', (event) => event.preventDefault());
 }
 
-/** Ferry needs no web permissions (camera, notifications, …); grant them explicitly when a feature does. */
+/** The only web permission the console uses: notifications when a move finishes, for its own page. */
+const ALLOWED_PERMISSIONS = new Set(['notifications']);
+
+/** Denies every web permission except notifications for the app's own page. */
+export function restrictPermissions(session: Session, isApp: (url: string) => boolean): void {
+  session.setPermissionRequestHandler((contents, permission, callback) =>
+    callback(ALLOWED_PERMISSIONS.has(permission) && isApp(contents.getURL())),
+  );
+  // The page's URL, not requestingOrigin: every file:// page has the same origin.
+  session.setPermissionCheckHandler(
+    (contents, permission) =>
+      ALLOWED_PERMISSIONS.has(permission) && contents !== null && isApp(contents.getURL()),
+  );
+}
+
+/** Ferry needs no web permissions besides notifications; this denies all of them (windows of other origins). */
 export function denyAllPermissions(session: Session): void {
   session.setPermissionRequestHandler((_contents, _permission, callback) => callback(false));
   session.setPermissionCheckHandler(() => false);

@@ -14,6 +14,7 @@ import {
   HostFactsSchema,
   HostNameSchema,
   HostRecordSchema,
+  HostSettingsPatchSchema,
   HostSettingsSchema,
   HostSummarySchema,
   VmInfoSchema,
@@ -64,7 +65,7 @@ export const api = {
   listHosts: { input: none, output: z.array(HostSummarySchema) },
   hostDetails: { input: z.object({ host: HostNameSchema }).strict(), output: HostDetailsSchema },
   updateHostSettings: {
-    input: z.object({ host: HostNameSchema, patch: HostSettingsSchema.partial().strict() }).strict(),
+    input: z.object({ host: HostNameSchema, patch: HostSettingsPatchSchema }).strict(),
     output: HostSettingsSchema,
   },
   /** "This computer": a host for the local machine's QEMU. */

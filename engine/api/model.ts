@@ -132,6 +132,26 @@ export const HostSettingsSchema = z.object({
 });
 export type HostSettings = z.infer<typeof HostSettingsSchema>;
 
+/**
+ * A change to some settings. Not `HostSettingsSchema.partial()`: zod still fills in the defaults of
+ * absent keys there, and a one-key change would reset every other setting.
+ */
+export const HostSettingsPatchSchema = z
+  .object(
+    Object.fromEntries(
+      Object.entries(HostSettingsSchema.shape).map(([k, v]) => [
+        k,
+        (v as z.ZodDefault<z.ZodType>).unwrap().optional(),
+      ]),
+    ) as {
+      [K in keyof typeof HostSettingsSchema.shape]: z.ZodOptional<
+        ReturnType<(typeof HostSettingsSchema.shape)[K]['unwrap']>
+      >;
+    },
+  )
+  .strict();
+export type HostSettingsPatch = z.infer<typeof HostSettingsPatchSchema>;
+
 export const HostKindSchema = z.enum(['local', 'lab']);
 
 /** One entry of the inventory: where a host lives and how to reach it. */

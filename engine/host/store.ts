@@ -123,5 +123,7 @@ export function packageRoot(): string {
 
 /** Ferry's own read-only lab guest image: every host has it, like firmware. */
 export function labGuestImage(): string {
-  return path.join(packageRoot(), 'assets', 'lab-guest', 'ferry-lab-guest.bin');
+  const file = path.join(packageRoot(), 'assets', 'lab-guest', 'ferry-lab-guest.bin');
+  // In a packaged app the image is unpacked beside the archive: QEMU cannot read inside app.asar.
+  return file.replace(`${path.sep}app.asar${path.sep}`, `${path.sep}app.asar.unpacked${path.sep}`);
 }

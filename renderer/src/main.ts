@@ -2,36 +2,60 @@ import { definePreset } from '@primeuix/themes';
 import Aura from '@primeuix/themes/aura';
 import { createPinia } from 'pinia';
 import PrimeVue from 'primevue/config';
+import ConfirmationService from 'primevue/confirmationservice';
+import ToastService from 'primevue/toastservice';
 import { createApp } from 'vue';
-
+import { connect, setApiClient } from './api/index.js';
 import App from './App.vue';
+import { useInventoryStore } from './stores/inventory.js';
+import { useMigrationsStore } from './stores/migrations.js';
+import { DARK_CLASS, useUiStore } from './stores/ui.js';
 import './styles.css';
 
-const DARK_CLASS = 'ferry-dark';
-
-// Aura with Ferry's sky-blue (matching the app icon) instead of the default emerald.
+// Aura with Ferry's sky-blue (matching the app icon), and a focus ring that is easy to see.
 const FerryPreset = definePreset(Aura, {
   semantic: {
     primary: Object.fromEntries(
       [50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 950].map((shade) => [shade, `{sky.${shade}}`]),
     ),
+    focusRing: { width: '2px', style: 'solid', color: '{primary.color}', offset: '2px' },
   },
 });
 
-// Follow the OS theme (Electron maps nativeTheme onto prefers-color-scheme).
-const darkQuery = window.matchMedia('(prefers-color-scheme: dark)');
-const applyColorScheme = (dark: boolean): void => {
-  document.documentElement.classList.toggle(DARK_CLASS, dark);
-};
-applyColorScheme(darkQuery.matches);
-darkQuery.addEventListener('change', (event) => applyColorScheme(event.matches));
+const { client, connection, mode } = connect(window);
+setApiClient(client);
 
+const pinia = createPinia();
 createApp(App)
-  .use(createPinia())
-  .use(PrimeVue, {
-    theme: {
-      preset: FerryPreset,
-      options: { darkModeSelector: `.${DARK_CLASS}` },
-    },
-  })
+  .use(pinia)
+  .use(PrimeVue, { theme: { preset: FerryPreset, options: { darkModeSelector: `.${DARK_CLASS}` } } })
+  .use(ToastService)
+  .use(ConfirmationService)
   .mount('#app');
+
+const ui = useUiStore(pinia);
+const inventory = useInventoryStore(pinia);
+const migrations = useMigrationsStore(pinia);
+ui.mode = mode;
+ui.connection = connection.state;
+
+client.subscribe((e) => {
+  if (e.kind === 'migration') migrations.applyMigrationEvent(e.event);
+  else void inventory.refresh();
+});
+
+const refreshAll = (): void => {
+  void inventory.refresh();
+  void migrations.refresh();
+};
+connection.onStateChange((state) => {
+  ui.connection = state;
+  // Events missed while disconnected are not replayed: read the state afresh.
+  if (state === 'open') refreshAll();
+});
+refreshAll();
+
+// The CLI and other consoles change things without telling this one: look again now and then.
+setInterval(() => {
+  if (document.visibilityState === 'visible' && ui.connection === 'open') refreshAll();
+}, 5000);

@@ -91,6 +91,14 @@ async function open(): Promise<Page> {
   return page;
 }
 
+/** Clicks the host the VM is on (the CLI says which), then the VM. */
+async function selectVm(page: Page, name: string): Promise<void> {
+  const where = await vmHost(name);
+  await page.locator(`[data-host="${where}"]`).click();
+  await page.locator('[data-testid="vm-table"] .vm-name', { hasText: name }).click();
+  await page.locator('[data-action="move"]').waitFor();
+}
+
 const wizard = (page: Page) => page.locator('[data-testid="move-wizard"]');
 const wizardPage = (page: Page) => wizard(page).getAttribute('data-page');
 
@@ -98,12 +106,20 @@ async function expectPage(page: Page, name: string): Promise<void> {
   await expect.poll(() => wizardPage(page)).toBe(name);
 }
 
+interface Followed {
+  /** The phases the stepper showed as current, in the order seen. */
+  phases: number[];
+  /** The throughput chart's point count, each time it was read during phase 2. */
+  points: number[];
+  /** Whether Cancel was available, by the phase it was seen in (while the move ran). */
+  cancel: { phase: number; enabled: boolean }[];
+}
+
 /** Follows a move in the progress view to its end: the phases as they ran and the chart's growth. */
-async function followMove(page: Page, shot: string | null): Promise<{ phases: number[]; points: number[] }> {
+async function followMove(page: Page, shot: string | null): Promise<Followed> {
   const view = page.locator('[data-testid="progress-view"]');
   await view.waitFor();
-  const phases: number[] = [];
-  const points: number[] = [];
+  const seen: Followed = { phases: [], points: [], cancel: [] };
   let shotTaken = shot === null;
   await waitFor(
     'the move to end',
@@ -111,15 +127,20 @@ async function followMove(page: Page, shot: string | null): Promise<{ phases: nu
       const state = await page.evaluate(() => {
         const current = document.querySelector('[data-testid="phase-stepper"] [aria-current="step"]');
         const canvas = document.querySelector('[data-testid="throughput-chart"] canvas');
+        const cancel = document.querySelector<HTMLButtonElement>('[data-testid="cancel-move"]');
         return {
           phase: current ? Number(current.getAttribute('data-phase')) : null,
           points: Number(canvas?.getAttribute('data-points') ?? 0),
           status: document.querySelector('.progress')?.getAttribute('data-status') ?? null,
+          cancelEnabled: cancel ? !cancel.disabled : null,
         };
       });
-      if (state.phase !== null && phases.at(-1) !== state.phase) phases.push(state.phase);
-      if (state.status === 'running' && state.phase === 2) points.push(state.points);
-      if (!shotTaken && state.phase === 2 && state.points >= 6) {
+      if (state.phase !== null && seen.phases.at(-1) !== state.phase) seen.phases.push(state.phase);
+      if (state.status === 'running' && state.phase !== null && state.cancelEnabled !== null) {
+        seen.cancel.push({ phase: state.phase, enabled: state.cancelEnabled });
+      }
+      if (state.status === 'running' && state.phase === 2) seen.points.push(state.points);
+      if (!shotTaken && state.phase === 2 && state.points >= 8) {
         shotTaken = true;
         await screenshot(page, shot!);
       }
@@ -128,10 +149,43 @@ async function followMove(page: Page, shot: string | null): Promise<{ phases: nu
     90_000,
     100,
   );
-  return { phases, points };
+  // Cancel is there until phase 3 is over, and gone after.
+  expect(seen.cancel.filter((c) => c.phase <= 3).every((c) => c.enabled)).toBe(true);
+  expect(seen.cancel.filter((c) => c.phase > 3).every((c) => !c.enabled)).toBe(true);
+  return seen;
+}
+
+async function stepperStates(page: Page): Promise<(string | null)[]> {
+  return page
+    .locator('[data-testid="phase-stepper"] li')
+    .evaluateAll((li) => li.map((l) => l.getAttribute('data-state')));
 }
 
 describe('the console in a browser', () => {
+  it('offers this computer and a one-click lab on first run', async () => {
+    const empty = tempHome('e2e-first-run');
+    const firstWeb = await startWeb(empty);
+    try {
+      browser = await openBrowser(firstWeb.url);
+      const page = browser.page;
+      const welcome = page.locator('[data-testid="first-run"]');
+      await welcome.waitFor();
+      expect(await welcome.textContent()).toContain('This computer');
+      expect(await page.locator('[data-testid="add-local"]').isEnabled()).toBe(true); // QEMU is installed here
+      await screenshot(page, 'first-run');
+      await page.locator('[data-testid="lab-up"]').click();
+      await page.locator('[data-host="lab2"]').waitFor({ timeout: 90_000 });
+      const row = page.locator('[data-testid="vm-table"] tr', { hasText: 'lab-vm' });
+      await expect.poll(() => row.textContent(), { timeout: 30_000 }).toMatch(/lab-vm\s*Running/);
+      expect(browser.errors).toEqual([]);
+    } finally {
+      await browser?.close();
+      browser = null;
+      await firstWeb.stop();
+      await ferry(empty, ['lab', 'down']);
+    }
+  });
+
   it('shows the hosts, the VM and its details, in light and dark themes', async () => {
     const page = await open();
     const row = page.locator('[data-testid="vm-table"] tr', { hasText: 'demo' });
@@ -233,6 +287,8 @@ describe('the console in a browser', () => {
     // The chart gained points while the memory copy ran.
     expect(points.length).toBeGreaterThan(2);
     expect(Math.max(...points)).toBeGreaterThan(Math.min(...points));
+    // The user is told, in the window (and on the desktop where notifications are allowed).
+    await expect.poll(() => page.locator('.p-toast').textContent()).toContain('demo moved to lab2');
     await screenshot(page, 'progress-finished');
 
     await page.locator('[data-testid="progress-close"]').click();
@@ -272,8 +328,9 @@ describe('the console in a browser', () => {
     await expect.poll(() => page.evaluate(() => document.activeElement?.textContent?.trim())).toBe('Next >');
     await page.keyboard.press('Enter');
     await expectPage(page, 'type');
-    expect(await page.evaluate(() => document.activeElement?.id)).toBe('move-type-vm');
+    await expect.poll(() => page.evaluate(() => document.activeElement?.id)).toBe('move-type-vm');
     expect(await focusIsVisible(page)).toBe(true);
+    await screenshot(page, 'wizard-2-move-type-keyboard');
     // Arrow keys move within a choice; back to the VM move.
     await page.keyboard.press('ArrowDown');
     expect(await page.locator('#move-type-storage').isChecked()).toBe(true);
@@ -283,13 +340,14 @@ describe('the console in a browser', () => {
 
     await expectPage(page, 'destination');
     await wizard(page).locator('[data-host="lab1"]').waitFor();
+    // The ready host is chosen already; Space on it keeps it chosen.
     await expect.poll(() => page.evaluate(() => document.activeElement?.id)).toBe('dest-lab1');
     await page.keyboard.press('Space');
     expect(await page.locator('#dest-lab1').isChecked()).toBe(true);
     await page.keyboard.press('Enter');
 
     await expectPage(page, 'options');
-    expect(await page.evaluate(() => document.activeElement?.id)).toBe('option-shared');
+    await expect.poll(() => page.evaluate(() => document.activeElement?.id)).toBe('option-shared');
     await page.keyboard.press('Enter');
 
     await expectPage(page, 'summary');
@@ -301,8 +359,9 @@ describe('the console in a browser', () => {
     await page.keyboard.press('Enter');
 
     const { phases } = await followMove(page, null);
-    expect(phases.at(-1)).toBe(6);
+    expect(phases).toEqual([...phases].sort((a, b) => a - b));
     expect(await page.locator('.progress').getAttribute('data-status')).toBe('completed');
+    expect(await stepperStates(page)).toEqual(['done', 'done', 'done', 'done', 'done', 'done']);
     await page.keyboard.press('Escape');
     await page.locator('[data-testid="progress-view"]').waitFor({ state: 'detached' });
     expect(await vmHost('demo')).toBe('lab1');
@@ -313,7 +372,7 @@ describe('the console in a browser', () => {
     await cli(['host', 'settings', 'lab2', '--set', 'liveMigrationEnabled=false']);
     try {
       const page = await open();
-      await page.locator('.vm-name', { hasText: 'demo' }).click();
+      await selectVm(page, 'demo');
       await page.locator('[data-action="move"]').click();
       const next = wizard(page).getByRole('button', { name: 'Next >' });
       await next.click();
@@ -396,7 +455,7 @@ describe('the console in a browser', () => {
     expect(saved.bandwidthMiBs).toBe(15);
     expect(saved.storageRoots.length).toBeGreaterThan(0);
 
-    await page.locator('.vm-name', { hasText: 'demo' }).click();
+    await selectVm(page, 'demo');
     await page.locator('[data-action="move"]').click();
     const next = wizard(page).getByRole('button', { name: 'Next >' });
     await next.click();
@@ -420,6 +479,90 @@ describe('the console in a browser', () => {
       options: { performance: 'tcp' },
     });
     expect(previous?.options?.performance).toBe('compression');
+    expect(browser!.errors).toEqual([]);
+  });
+
+  it('cancels a running move during phase 2: the VM stays where it was', async () => {
+    const page = await open();
+    const from = await vmHost('demo');
+    await selectVm(page, 'demo');
+    await page.locator('[data-action="move"]').click();
+    const next = wizard(page).getByRole('button', { name: 'Next >' });
+    await next.click();
+    await next.click();
+    await expectPage(page, 'destination');
+    await expect.poll(() => wizard(page).locator('input[name="destination"]:checked').count()).toBe(1);
+    await next.click();
+    await next.click();
+    await wizard(page).locator('[data-testid="preflight"]').waitFor();
+    await wizard(page).locator('[data-testid="wizard-finish"]').click();
+
+    const canvas = page.locator('[data-testid="throughput-chart"] canvas');
+    await expect
+      .poll(async () => Number((await canvas.getAttribute('data-points')) ?? 0), { timeout: 30_000 })
+      .toBeGreaterThanOrEqual(3);
+    expect(
+      await page.locator('[data-testid="phase-stepper"] [aria-current="step"]').getAttribute('data-phase'),
+    ).toBe('2');
+    await page.locator('[data-testid="cancel-move"]').click();
+    await expect
+      .poll(() => page.locator('.progress').getAttribute('data-status'), { timeout: 30_000 })
+      .toBe('cancelled');
+    expect(await page.locator('[data-testid="cancel-move"]').isDisabled()).toBe(true);
+    await expect.poll(() => page.locator('.p-toast').textContent()).toContain('Move of demo cancelled');
+    await screenshot(page, 'progress-cancelled');
+    expect(await vmHost('demo')).toBe(from);
+    const [latest] = await migrations();
+    expect(latest).toMatchObject({ vm: 'demo', from, status: 'cancelled' });
+    expect(browser!.errors).toEqual([]);
+  });
+
+  it("moves the VM's storage to another folder on its host, with per-disk progress", async () => {
+    const host = await vmHost('demo');
+    // QEMU's mirror counts a sparse disk's zeros against the rate limit: 1 GiB at 15 MiB/s would take a minute.
+    await cli(['host', 'settings', host!, '--set', 'bandwidthMiBs=none']);
+    const page = await open();
+    const target = `${home}/lab/shared/demo-moved`;
+    await selectVm(page, 'demo');
+    await page.locator('[data-action="move"]').click();
+    const next = wizard(page).getByRole('button', { name: 'Next >' });
+    await next.click();
+    await wizard(page).locator('label[for="move-type-storage"]').click();
+    await next.click();
+    await expectPage(page, 'destination');
+    await expect.poll(() => wizard(page).textContent()).toContain(`keeps demo on ${host}`);
+    await next.click();
+    await expectPage(page, 'options');
+    // A storage move moves files: "only the VM" is greyed out, with the reason.
+    expect(await wizard(page).locator('#option-shared').isDisabled()).toBe(true);
+    expect(await wizard(page).locator('.choice.disabled').textContent()).toMatch(
+      /Not available: a storage move/,
+    );
+    await next.click();
+    await expectPage(page, 'locations');
+    await wizard(page).locator('#storage-path').fill(target);
+    await next.click();
+    await expectPage(page, 'summary');
+    await wizard(page).locator('[data-testid="preflight"]').waitFor();
+    expect(await wizard(page).locator('[data-row="Move type"]').textContent()).toBe(
+      "Move the virtual machine's storage",
+    );
+    await wizard(page).locator('[data-testid="wizard-finish"]').click();
+
+    const view = page.locator('[data-testid="progress-view"]');
+    await view.waitFor();
+    await expect
+      .poll(() => page.locator('.progress').getAttribute('data-status'), { timeout: 60_000 })
+      .toBe('completed');
+    expect(await view.locator('[data-testid="phase-stepper"]').count()).toBe(0); // no memory phases
+    expect(await view.locator('[data-disk="disk0"]').textContent()).toMatch(/disk0.*of 1\.00 GiB/);
+    await screenshot(page, 'progress-storage');
+    const info = JSON.parse(await cli(['vm', 'info', 'demo', '--json'])) as {
+      host: string;
+      disks: { path: string }[];
+    };
+    expect(info.host).toBe(host);
+    expect(info.disks[0]?.path.startsWith(`${target}/`)).toBe(true);
     expect(browser!.errors).toEqual([]);
   });
 });

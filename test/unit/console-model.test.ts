@@ -28,7 +28,7 @@ import {
   wizardPages,
   type PageContext,
 } from '../../renderer/src/model/move-wizard.js';
-import { moveStatusText } from '../../renderer/src/model/status.js';
+import { copiedPercent, moveStatusText } from '../../renderer/src/model/status.js';
 
 const SETTINGS: HostSettings = HostSettingsSchema.parse({ storageRoots: ['/lab/shared'], bandwidthMiBs: 20 });
 const DISKS = [
@@ -82,8 +82,16 @@ describe('Move wizard', () => {
       diskPaths: { disk0: '/a', disk1: '/b' },
       keepSource: true,
     });
+    // Hosts are judged before any folder is chosen: an empty folder is left out, not sent as "".
+    expect(destinationsQuery({ ...base, option: 'one-location' })).toEqual({
+      vm: 'demo',
+      kind: 'live',
+      includeStorage: true,
+      keepSource: false,
+    });
     const storage = withMoveType(base, 'storage');
     expect(storage.option).toBe('one-location'); // "only the VM" makes no sense for a storage move
+    expect(withMoveType(storage, 'vm')).toMatchObject({ option: 'shared', destination: null });
     expect(buildMoveRequest({ ...storage, storagePath: '/srv/new' })).toEqual({
       vm: 'demo',
       kind: 'storage',
@@ -238,6 +246,23 @@ describe('progress figures', () => {
     expect(moveStatusText({ state: 'queued', to: 'lab2', phase: 0, pass: 0, queuePosition: 2 })).toBe(
       'Move queued (position 2)',
     );
+    expect(
+      moveStatusText({
+        state: 'running',
+        to: 'lab1',
+        phase: 0,
+        pass: 0,
+        queuePosition: null,
+        kind: 'storage',
+        copiedPct: 30,
+      }),
+    ).toBe('Moving storage — 30% copied');
+    expect(
+      copiedPercent([
+        { copied: 1, total: 4 },
+        { copied: 1, total: 4 },
+      ]),
+    ).toBe(25);
     expect(formatDuration(350)).toBe('350 ms');
     expect(formatDuration(4200)).toBe('4.2 s');
     expect(formatDuration(125_000)).toBe('2 min 05 s');

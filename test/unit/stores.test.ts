@@ -245,6 +245,8 @@ describe('migrations store', () => {
       phase: 2,
       pass: 3,
       queuePosition: null,
+      kind: 'live',
+      copiedPct: null,
     });
   });
 
