@@ -1,6 +1,7 @@
 // Live migration with shared storage on real QEMU, lab guest inside: every performance option there
 // and back, the six phases in order, the guest's heartbeat continuing on the destination with its
 // memory intact, convergence policies, cancel, and a destination that dies mid-copy.
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,7 +10,7 @@ import { Inventory } from '../../engine/host/inventory.js';
 import { parseLabGuestSerial } from '../../engine/host/lab-guest.js';
 import { MigrationManager } from '../../engine/migration/manager.js';
 import { isQemuAlive } from '../../engine/qemu/process.js';
-import { ferry, guestReport, tempHome, waitFor, waitForPasses } from '../helpers.js';
+import { ferry, guestReport, REPO, tempHome, waitFor, waitForPasses } from '../helpers.js';
 
 let home: string;
 let inv: Inventory;
@@ -365,6 +366,14 @@ describe('lab hosts on a shaped link', () => {
   });
 });
 
+/** `ferry move slow` in its own process, slowed to 8 MiB/s, printing JSON events. */
+function slowCliMove(to: string): ChildProcessWithoutNullStreams {
+  const args = ['move', 'slow', '--to', to, '--performance', 'tcp', '--bandwidth', '8', '--json'];
+  return spawn(process.execPath, [path.join(REPO, 'bin', 'ferry.js'), ...args], {
+    env: { ...process.env, FERRY_HOME: home },
+  });
+}
+
 describe('stalls, Ctrl-C and the history from the CLI', () => {
   it('a frozen destination stalls the stream: detected within seconds and rolled back like a failure', async () => {
     const from = (await inv.locate('slow')).name;
@@ -392,27 +401,8 @@ describe('stalls, Ctrl-C and the history from the CLI', () => {
   });
 
   it('Ctrl-C on `ferry move` cancels cleanly; `ferry migrations --json` records it', async () => {
-    const { spawn } = await import('node:child_process');
-    const { REPO } = await import('../helpers.js');
     const to = (await inv.locate('slow')).name === 'lab1' ? 'lab2' : 'lab1';
-    const child = spawn(
-      process.execPath,
-      [
-        path.join(REPO, 'bin', 'ferry.js'),
-        'move',
-        'slow',
-        '--to',
-        to,
-        '--performance',
-        'tcp',
-        '--bandwidth',
-        '8',
-        '--json',
-      ],
-      {
-        env: { ...process.env, FERRY_HOME: home },
-      },
-    );
+    const child = slowCliMove(to);
     let out = '';
     let sent = false;
     child.stdout.on('data', (d: Buffer) => {
@@ -448,29 +438,10 @@ describe('stalls, Ctrl-C and the history from the CLI', () => {
 
 describe('a mover that dies', () => {
   it('a move whose Ferry process is killed is rolled back by the next look: VM running on the source, no skeleton', async () => {
-    const { spawn } = await import('node:child_process');
-    const { REPO } = await import('../helpers.js');
     const from = (await inv.locate('slow')).name;
     const to = from === 'lab1' ? 'lab2' : 'lab1';
     const pid = await pidOf('slow');
-    const child = spawn(
-      process.execPath,
-      [
-        path.join(REPO, 'bin', 'ferry.js'),
-        'move',
-        'slow',
-        '--to',
-        to,
-        '--performance',
-        'tcp',
-        '--bandwidth',
-        '8',
-        '--json',
-      ],
-      {
-        env: { ...process.env, FERRY_HOME: home },
-      },
-    );
+    const child = slowCliMove(to);
     let out = '';
     await new Promise<void>((resolve) => {
       child.stdout.on('data', (d: Buffer) => {
