@@ -257,6 +257,12 @@ describe('cancel and failure', () => {
     const m = await move(slow, async (e, id) => {
       if (!asked && e.type === 'sample' && e.sample.phase === 2 && e.sample.bytesSent > 4 * 1024 * 1024) {
         asked = true;
+        // A second move of a VM that is being moved is refused by the pre-flight.
+        const second = await manager.check({ vm: 'slow', to: 'lab2' });
+        expect(second.errors).toContainEqual({
+          code: 'vm-migrating',
+          message: 'slow is already being moved',
+        });
         expect(await manager.cancel(id)).toMatchObject({ accepted: true });
       }
     });

@@ -118,6 +118,31 @@ describe('pre-flight refusals leave the VM untouched', () => {
     );
   });
 
+  it("Q6: a disk on the source's own storage is not the same file from the destination", async () => {
+    // lab/lab1/ is lab1's local storage: lab2 cannot see it, whatever the path says.
+    await inv.createVm({
+      name: 'local',
+      host: 'lab1',
+      memoryMiB: 64,
+      storagePath: path.join(home, 'lab', 'lab1', 'local'),
+      disks: [{ kind: 'new', sizeGiB: 1 }],
+    });
+    const lab1 = await inv.host('lab1');
+    const localPid = (await lab1.startVm('local')).pid;
+    try {
+      const summary = await (await manager.start({ vm: 'local', to: 'lab2' })).done;
+      expect(summary.status).toBe('refused');
+      expect(summary.reason).toMatch(
+        /lab2 does not see the same disk0 at .*lab1\/local\/disk0\.qcow2: the file does not exist there/,
+      );
+      expect((await lab1.vmInfo('local')).pid).toBe(localPid);
+      // With its storage it can go (shared-nothing), so the check is about the storage, not the VM.
+      expect((await manager.check({ vm: 'local', to: 'lab2', includeStorage: true })).errors).toEqual([]);
+    } finally {
+      await lab1.stopVm('local', { force: true, timeoutMs: 0 });
+    }
+  });
+
   it('R6: the destination runs an older QEMU', async () => {
     patchDestCaps((c) => (c.version = '6.2.0'));
     await expectRefused(

@@ -353,6 +353,45 @@ describe('concurrent moves within per-host limits (R5)', () => {
     for (const n of names) expect((await inv.locate(n)).name).toBe('lab2');
   });
 
+  it('queues storage-only moves past the simultaneous storage migrations limit', async () => {
+    await (await inv.host('lab1')).updateSettings({ maxStorageMigrations: 1 });
+    for (const n of ['st1', 'st2']) {
+      await inv.createVm({
+        name: n,
+        host: 'lab1',
+        memoryMiB: 64,
+        storagePath: lab('lab1', n),
+        disks: [{ kind: 'new', sizeGiB: 1 }],
+      });
+      await (await inv.host('lab1')).startVm(n);
+    }
+    const log: MigrationEvent[] = [];
+    const off = manager.subscribe((e) => log.push(e));
+    const started = await Promise.all(
+      ['st1', 'st2'].map((vm) =>
+        manager.start({ vm, kind: 'storage', storagePath: lab('lab1', `${vm}-moved`), bandwidthMiBs: 256 }),
+      ),
+    );
+    const summaries = await Promise.all(started.map((s) => s.done));
+    off();
+    expect(summaries.map((s) => s.status)).toEqual(['completed', 'completed']);
+    let active = 0;
+    let peak = 0;
+    for (const e of log) {
+      if (e.type === 'started') peak = Math.max(peak, ++active);
+      if (e.type === 'summary') active--;
+    }
+    expect(peak).toBe(1);
+    expect(log.filter((e) => e.type === 'queued').map((e) => (e.type === 'queued' ? e.position : 0))).toEqual(
+      [1],
+    );
+    for (const n of ['st1', 'st2']) {
+      await (await inv.host('lab1')).stopVm(n, { force: true, timeoutMs: 0 });
+      await inv.deleteVm(n);
+    }
+    await (await inv.host('lab1')).updateSettings({ maxStorageMigrations: 2 });
+  });
+
   it('holds the limits across Ferry processes (three shells at once, limit 1)', async () => {
     for (const h of ['lab1', 'lab2']) await (await inv.host(h)).updateSettings({ maxLiveMigrations: 1 });
     const runs = await Promise.all(
