@@ -196,6 +196,8 @@ export const MigrationRecordSchema = z.object({
   samples: z.array(SampleSchema),
   events: z.array(z.object({ at: z.number(), type: z.string(), message: z.string() })),
   summary: SummarySchema.nullable(),
+  /** The Ferry process running the move; a queued or running record whose owner is gone was abandoned. */
+  ownerPid: z.number().int().optional(),
 });
 export type MigrationRecord = z.infer<typeof MigrationRecordSchema>;
 

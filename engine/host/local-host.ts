@@ -25,6 +25,7 @@ import {
   connectWhenReady,
   isQemuAlive,
   killQemu,
+  processAlive,
   spawnDetached,
   tailOf,
   waitForExit,
@@ -128,12 +129,7 @@ function newRuntime(
 function activeMigration(rt: Runtime | null): Runtime['migration'] {
   const m = rt?.migration ?? null;
   if (!m) return null;
-  try {
-    process.kill(m.ownerPid, 0);
-    return m;
-  } catch {
-    return null;
-  }
+  return processAlive(m.ownerPid) ? m : null;
 }
 
 const QMP_STATUS_TIMEOUT_MS = 3000;

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { FerryError, MigrationRecordSchema, type MigrationRecord } from '../api/index.js';
 import { ensureDir, readJson, writeJsonAtomic } from '../host/store.js';
+import { processAlive } from '../qemu/process.js';
 
 export class History {
   constructor(readonly dir: string) {}
@@ -32,7 +33,7 @@ export class History {
   async get(id: string): Promise<MigrationRecord> {
     const rec = await readJson(this.file(id), MigrationRecordSchema);
     if (!rec) throw new FerryError('unknown-migration', `no migration with id ${id} (see: ferry migrations)`);
-    return rec;
+    return settle(rec);
   }
 
   /** Newest first. */
@@ -49,6 +50,7 @@ export class History {
     );
     return recs
       .filter((r): r is MigrationRecord => r !== null)
+      .map(settle)
       .sort((a, b) => b.requestedAt.localeCompare(a.requestedAt));
   }
 
@@ -64,4 +66,15 @@ export class History {
   async clearCancel(id: string): Promise<void> {
     await fs.promises.rm(this.cancelFile(id), { force: true });
   }
+}
+
+/** A record still "running" whose Ferry process is gone was abandoned: say so rather than "running". */
+function settle(rec: MigrationRecord): MigrationRecord {
+  if ((rec.status !== 'running' && rec.status !== 'queued') || rec.ownerPid === undefined) return rec;
+  if (processAlive(rec.ownerPid)) return rec;
+  return {
+    ...rec,
+    status: 'failed',
+    reason: `abandoned: the Ferry process running it (pid ${rec.ownerPid}) ended during phase ${rec.phase}`,
+  };
 }

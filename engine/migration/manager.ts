@@ -102,6 +102,7 @@ export class MigrationManager {
       samples: [],
       events: [],
       summary: null,
+      ownerPid: process.pid,
     };
     const state = { phase: 0, cancel: false, queued: false };
     this.local.set(id, state);

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { MoveKindSchema, type MoveKind, type QueueEntry } from '../api/index.js';
 import { readJson, withLock, writeJsonAtomic } from '../host/store.js';
+import { processAlive } from '../qemu/process.js';
 
 const EntrySchema = z.object({
   id: z.string(),
@@ -21,15 +22,6 @@ type Entry = z.infer<typeof EntrySchema>;
 const TableSchema = z.object({ entries: z.array(EntrySchema) });
 
 export type Limits = (host: string) => Promise<{ live: number; storage: number }>;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Which limit a move counts against, on which hosts. */
 function demand(e: Pick<Entry, 'kind' | 'from' | 'to'>): { host: string; slot: 'live' | 'storage' }[] {
@@ -56,7 +48,7 @@ export class Scheduler {
     return withLock(path.join(this.home, 'scheduler'), async () => {
       const table = (await readJson(this.file, TableSchema)) ?? { entries: [] };
       // Moves whose Ferry process died hold no slot.
-      const entries = table.entries.filter((e) => alive(e.pid));
+      const entries = table.entries.filter((e) => processAlive(e.pid));
       const result = await fn(entries);
       await writeJsonAtomic(this.file, { entries });
       return result;

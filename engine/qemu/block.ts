@@ -55,6 +55,8 @@ export async function startMirrors(
       target: target(id),
       sync: 'full',
       'copy-mode': 'write-blocking',
+      // Larger in-flight buffer: fewer round trips to an NBD target (QEMU's default is small).
+      'buf-size': 32 * 1024 * 1024,
       // The move's bandwidth limit holds for the disk copy too (0 = unlimited).
       speed: speedMiBs ? speedMiBs * 1024 * 1024 : 0,
     });

@@ -35,10 +35,10 @@ export async function spawnDetached(binary: string, argv: string[], logFile: str
 }
 
 /**
- * Whether pid is a live process that is this QEMU (its command line mentions `marker`, the VM's unique
- * QMP socket path), so a recycled pid is never mistaken for the VM.
+ * Whether a process is alive: it exists and is not a zombie (an exited child nobody has reaped yet,
+ * which still answers kill(pid, 0)).
  */
-export function isQemuAlive(pid: number, marker: string): boolean {
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
   } catch (err) {
@@ -48,7 +48,20 @@ export function isQemuAlive(pid: number, marker: string): boolean {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    if (state === 'Z' || state === 'X') return false;
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether pid is a live process that is this QEMU (its command line mentions `marker`, the VM's unique
+ * QMP socket path), so a recycled pid is never mistaken for the VM.
+ */
+export function isQemuAlive(pid: number, marker: string): boolean {
+  if (!processAlive(pid)) return false;
+  if (process.platform !== 'linux') return true;
+  try {
     const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
     // Empty while the process is between exec()s (e.g. `ip netns exec` becoming QEMU): still alive.
     return cmdline === '' || cmdline.includes(marker);

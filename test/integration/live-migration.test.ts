@@ -469,6 +469,17 @@ describe('a mover that dies', () => {
     expect(list.find((v) => v.name === 'slow')).toMatchObject({ host: from, state: 'running', pid });
     expect(isQemuAlive(skeleton.pid, '')).toBe(false);
     expect(fs.existsSync(path.join(home, 'hosts', to, 'vms', 'slow'))).toBe(false);
+    // The history says what happened to it.
+    const hist = JSON.parse((await ferry(home, ['migrations', '--json'])).stdout) as {
+      status: string;
+      reason: string;
+    }[];
+    expect(hist[0]).toMatchObject({
+      status: 'failed',
+      reason: expect.stringMatching(
+        /^abandoned: the Ferry process running it \(pid \d+\) ended during phase 2/,
+      ),
+    });
     // And it can move again.
     const again = await move({ vm: 'slow', to, performance: 'tcp' });
     expect(again.summary.status, again.summary.reason ?? '').toBe('completed');
