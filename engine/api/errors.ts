@@ -1,52 +1,40 @@
 // Error codes shared by every transport (CLI, IPC, WebSocket, agent RPC). Browser-safe: no Node imports.
 
-export const ERROR_CODES = [
-  'bad-input',
-  'unknown-host',
-  'unknown-vm',
-  'duplicate-vm',
-  'duplicate-host',
-  'insufficient-memory',
-  'insufficient-disk',
-  'missing-image',
-  'qemu-missing',
-  'qemu-failed',
-  'qmp-error',
-  'qmp-disconnected',
-  'qmp-timeout',
-  'lab-already-up',
-  'lab-not-up',
-  'vm-running',
-  'vm-not-running',
-  'vm-migrating',
-  'unknown-migration',
-  'cancel-refused',
-  'migration-failed',
-  'state-corrupt',
-  'locked',
-  'internal',
-] as const;
-export type ErrorCode = (typeof ERROR_CODES)[number];
-
-/** Codes that mean "refused before anything changed" (the CLI exits 2 for these, 1 for failures). */
-export const REFUSAL_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'bad-input',
-  'unknown-host',
-  'unknown-vm',
-  'duplicate-vm',
-  'duplicate-host',
-  'insufficient-memory',
-  'insufficient-disk',
-  'missing-image',
-  'qemu-missing',
-  'lab-already-up',
-  'lab-not-up',
-  'vm-running',
-  'vm-not-running',
-  'vm-migrating',
-  'unknown-migration',
-  'cancel-refused',
-]);
+/**
+ * Every error code, and whether it means "refused before anything changed" (the CLI exits 2) or
+ * "failed while doing it" (exit 1).
+ */
+const KINDS = {
+  'bad-input': 'refused',
+  'unknown-host': 'refused',
+  'unknown-vm': 'refused',
+  'duplicate-vm': 'refused',
+  'duplicate-host': 'refused',
+  'insufficient-memory': 'refused',
+  'insufficient-disk': 'refused',
+  'missing-image': 'refused',
+  'qemu-missing': 'refused',
+  'lab-already-up': 'refused',
+  'lab-not-up': 'refused',
+  'vm-running': 'refused',
+  'vm-not-running': 'refused',
+  'vm-migrating': 'refused',
+  'unknown-migration': 'refused',
+  'cancel-refused': 'refused',
+  'qemu-failed': 'failed',
+  'qmp-error': 'failed',
+  'qmp-disconnected': 'failed',
+  'qmp-timeout': 'failed',
+  'migration-failed': 'failed',
+  'state-corrupt': 'failed',
+  locked: 'failed',
+  internal: 'failed',
+} as const;
+export type ErrorCode = keyof typeof KINDS;
+export const ERROR_CODES = Object.keys(KINDS) as ErrorCode[];
+export const REFUSAL_CODES: ReadonlySet<ErrorCode> = new Set(
+  ERROR_CODES.filter((c) => KINDS[c] === 'refused'),
+);
 
 /** A failure the user can act on: a stable code, a specific message and, where useful, how to fix it. */
 export class FerryError extends Error {
