@@ -18,7 +18,7 @@ import {
   HostSettingsSchema,
   HostSummarySchema,
   VmInfoSchema,
-  VmNameSchema,
+  VmRefSchema,
   VmSummarySchema,
 } from './model.js';
 
@@ -73,6 +73,27 @@ export const api = {
     input: z.object({ name: HostNameSchema.default('local') }).strict(),
     output: HostRecordSchema,
   },
+  /**
+   * "Connect to Server…": a libvirt host by URI. An unknown SSH host key fails with `host-key-unknown`
+   * and its fingerprint in the error's details; calling again with `acceptHostKey` set to it accepts it.
+   */
+  addLibvirtHost: {
+    input: z
+      .object({
+        name: HostNameSchema,
+        uri: z.string().min(1).max(2048),
+        sshKey: z.string().min(1).max(4096).nullable().default(null),
+        acceptHostKey: z
+          .string()
+          .regex(/^SHA256:[A-Za-z0-9+/]{43}$/, 'a host key fingerprint looks like SHA256: and 43 characters')
+          .nullable()
+          .default(null),
+      })
+      .strict(),
+    output: HostRecordSchema,
+  },
+  /** Drops a libvirt host's connection and opens it again. */
+  reconnectHost: { input: z.object({ host: HostNameSchema }).strict(), output: HostSummarySchema },
   removeHost: {
     input: z.object({ host: HostNameSchema }).strict(),
     output: z.object({ removed: HostNameSchema }),
@@ -80,16 +101,21 @@ export const api = {
   /** A local lab of N hosts; with `withVm`, a running lab VM on the first so a move can be tried at once. */
   labUp: {
     input: z
-      .object({ hosts: z.number().int().min(1).max(16).default(2), withVm: z.boolean().default(false) })
+      .object({
+        hosts: z.number().int().min(1).max(16).default(2),
+        withVm: z.boolean().default(false),
+        /** libvirt "machines" (root only) instead of Ferry's own lab hosts. */
+        libvirt: z.boolean().default(false),
+      })
       .strict(),
     output: z.array(HostRecordSchema),
   },
   labDown: { input: none, output: z.object({ hosts: z.array(z.string()), stoppedVms: z.array(z.string()) }) },
   listVms: { input: none, output: z.array(VmSummarySchema) },
-  vmInfo: { input: z.object({ name: VmNameSchema }).strict(), output: VmInfoSchema },
+  vmInfo: { input: z.object({ name: VmRefSchema }).strict(), output: VmInfoSchema },
   createVm: { input: CreateVmRequestSchema, output: VmInfoSchema },
   vmAction: {
-    input: z.object({ name: VmNameSchema, action: VmActionSchema }).strict(),
+    input: z.object({ name: VmRefSchema, action: VmActionSchema }).strict(),
     output: VmSummarySchema.nullable(),
   },
   checkMove: { input: MoveRequestSchema, output: PreflightReportSchema },
@@ -128,6 +154,7 @@ export const ApiErrorSchema = z.object({
   code: z.string(),
   message: z.string(),
   hint: z.string().optional(),
+  details: z.record(z.string(), z.string()).optional(),
 });
 export type ApiError = z.infer<typeof ApiErrorSchema>;
 

@@ -21,6 +21,17 @@ const KINDS = {
   'vm-migrating': 'refused',
   'unknown-migration': 'refused',
   'cancel-refused': 'refused',
+  'not-supported': 'refused',
+  // Reaching a host over the network (libvirt): each says which of the usual causes it is.
+  'bad-uri': 'refused',
+  'host-unreachable': 'refused',
+  'auth-failed': 'refused',
+  'host-key-unknown': 'refused',
+  'host-key-mismatch': 'refused',
+  'libvirt-missing': 'refused',
+  'host-disconnected': 'failed',
+  /** An error reply from libvirtd: the message carries libvirt's own code and text. */
+  'libvirt-error': 'failed',
   'qemu-failed': 'failed',
   'qmp-error': 'failed',
   'qmp-disconnected': 'failed',
@@ -43,14 +54,19 @@ export class FerryError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly hint?: string,
+    /** Facts a client may act on, e.g. an unknown host key's `fingerprint` for the user to accept. */
+    readonly details?: Record<string, string>,
   ) {
     super(message);
   }
 
-  toJSON(): { code: ErrorCode; message: string; hint?: string } {
-    return this.hint === undefined
-      ? { code: this.code, message: this.message }
-      : { code: this.code, message: this.message, hint: this.hint };
+  toJSON(): { code: ErrorCode; message: string; hint?: string; details?: Record<string, string> } {
+    return {
+      code: this.code,
+      message: this.message,
+      ...(this.hint === undefined ? {} : { hint: this.hint }),
+      ...(this.details === undefined ? {} : { details: this.details }),
+    };
   }
 }
 

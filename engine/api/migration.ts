@@ -1,7 +1,7 @@
 // The contract of a move: what is asked, the pre-flight report, the progress events and the record
 // kept in the history. One stream of these events feeds the CLI, the desktop app and the web mode.
 import { z } from 'zod';
-import { ConvergencePolicySchema, HostNameSchema, PerformanceOptionSchema, VmNameSchema } from './model.js';
+import { ConvergencePolicySchema, HostNameSchema, PerformanceOptionSchema, VmRefSchema } from './model.js';
 
 /** The seed's six phases of a live migration, in order. */
 export const PHASES = [
@@ -27,7 +27,7 @@ export const MoveKindSchema = z.enum(['live', 'storage']);
 export type MoveKind = z.infer<typeof MoveKindSchema>;
 
 export const MoveRequestSchema = z.object({
-  vm: VmNameSchema,
+  vm: VmRefSchema,
   /** Destination host; for a storage-only move, the VM's own host (may be omitted). */
   to: HostNameSchema.optional(),
   kind: MoveKindSchema.default('live'),

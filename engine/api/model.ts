@@ -11,6 +11,16 @@ export const VmNameSchema = z
     /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/,
     'VM names are 1-63 characters: letters, digits, ".", "_" and "-", starting with a letter or digit',
   );
+/**
+ * A name that addresses an existing VM: Ferry's own names, or any libvirt domain name (libvirt allows
+ * nearly anything but "/"; "." and ".." are refused so a name can never walk a path).
+ */
+export const VmRefSchema = z
+  .string()
+  .min(1)
+  .max(255)
+  .regex(/^[^/\x00-\x1f]+$/, 'a VM name has no "/" and no control characters')
+  .refine((n) => n !== '.' && n !== '..', 'a VM name cannot be "." or ".."');
 export const MacSchema = z
   .string()
   .regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, 'a MAC address looks like 52:54:00:12:34:56');
@@ -31,12 +41,17 @@ export const VmStateSchema = z.enum([
 export type VmState = z.infer<typeof VmStateSchema>;
 
 export const DiskFormatSchema = z.enum(['qcow2', 'raw']);
+/** Formats a disk of an existing (libvirt) VM may have; Ferry creates only qcow2 and raw. */
+export const AnyDiskFormatSchema = z.string().min(1);
 
 export const DiskSchema = z.object({
-  /** Stable id used by commands (`--disk-path disk0=…`) and as the QEMU node/device name. */
-  id: z.string().regex(/^disk[0-9]+$/),
+  /**
+   * Stable id used by commands (`--disk-path disk0=…`): Ferry's own VMs number their disks (also the
+   * QEMU node name); a libvirt domain's disk is named by its target device (vda, sdb, hdc).
+   */
+  id: z.string().regex(/^(disk[0-9]+|[hsvx]d[a-z]{1,3})$/),
   path: z.string().min(1),
-  format: DiskFormatSchema,
+  format: z.union([DiskFormatSchema, AnyDiskFormatSchema]),
   sizeBytes: z.number().int().nonnegative(),
   /** Ferry created the image (so `vm delete` removes it); false for an existing image used in place. */
   owned: z.boolean(),
@@ -46,7 +61,10 @@ export type Disk = z.infer<typeof DiskSchema>;
 export const NicSchema = z.object({
   id: z.string().regex(/^net[0-9]+$/),
   mac: MacSchema,
-  model: z.literal('virtio-net-pci'),
+  /** QEMU's device model for Ferry's VMs; libvirt's model name (virtio, e1000e) for a domain. */
+  model: z.string().min(1),
+  /** libvirt: the network or bridge the NIC is plugged into ("network:default", "bridge:br0"). */
+  source: z.string().nullable().default(null),
 });
 export type Nic = z.infer<typeof NicSchema>;
 
@@ -60,8 +78,8 @@ export type LabGuest = z.infer<typeof LabGuestSchema>;
 /** The file `vm.json` on the VM's host. `machineType` is the VM's configuration version (as in Hyper-V). */
 export const VmConfigSchema = z.object({
   formatVersion: z.literal(1),
-  name: VmNameSchema,
-  uuid: z.uuid(),
+  name: VmRefSchema,
+  uuid: z.guid(),
   memoryMiB: z
     .number()
     .int()
@@ -78,8 +96,9 @@ export const VmConfigSchema = z.object({
 export type VmConfig = z.infer<typeof VmConfigSchema>;
 
 export const VmSummarySchema = z.object({
-  name: VmNameSchema,
-  uuid: z.uuid(),
+  name: VmRefSchema,
+  /** Any 128-bit UUID: libvirt domains defined elsewhere need not carry an RFC 4122 version. */
+  uuid: z.guid(),
   host: HostNameSchema,
   state: VmStateSchema,
   memoryMiB: z.number().int(),
@@ -98,7 +117,9 @@ export const VmInfoSchema = VmSummarySchema.extend({
   disks: z.array(DiskSchema),
   nics: z.array(NicSchema),
   labGuest: LabGuestSchema.nullable(),
+  /** Ferry's own hosts: the serial log file; libvirt hosts: the serial file the domain XML names, if any. */
   serialLogPath: z.string(),
+  /** Ferry's own hosts: the VM's vm.json; libvirt hosts: the domain's libvirt URI and name. */
   configPath: z.string(),
 });
 export type VmInfo = z.infer<typeof VmInfoSchema>;
@@ -152,7 +173,9 @@ export const HostSettingsPatchSchema = z
   .strict();
 export type HostSettingsPatch = z.infer<typeof HostSettingsPatchSchema>;
 
-export const HostKindSchema = z.enum(['local', 'lab']);
+/** `local` and `lab`: Ferry's own QEMU driver on this machine; `libvirt`: a libvirtd reached by URI. */
+export const HostKindSchema = z.enum(['local', 'lab', 'libvirt']);
+export type HostKind = z.infer<typeof HostKindSchema>;
 
 /** One entry of the inventory: where a host lives and how to reach it. */
 export const HostRecordSchema = z.object({
@@ -167,11 +190,21 @@ export const HostRecordSchema = z.object({
   vmDir: z.string().min(1),
   /** Linux network namespace the host's QEMUs run in (lab hosts joined by a shaped link). */
   netns: z.string().nullable().default(null),
+  /** libvirt hosts: the connection URI, one `virsh -c` takes as it is. */
+  uri: z.string().nullable().default(null),
+  /** Part of `ferry lab` (a lab host of Ferry's own driver, or a libvirt lab machine). */
+  lab: z.boolean().default(false),
+  /** libvirt over SSH: the private key file to log in with (its path; Ferry never stores a key). */
+  sshKey: z.string().nullable().default(null),
 });
 export type HostRecord = z.infer<typeof HostRecordSchema>;
 
 export const HostFactsSchema = z.object({
   name: HostNameSchema,
+  /** The machine's own name (libvirt: what the daemon's host reports). */
+  hostname: z.string().optional(),
+  /** libvirt hosts: the daemon's libvirt version (9.0.0). */
+  libvirtVersion: z.string().optional(),
   qemuBinary: z.string(),
   qemuVersion: z.string(),
   accel: AccelSchema,
@@ -196,6 +229,12 @@ export type HostFacts = z.infer<typeof HostFactsSchema>;
 export const HostSummarySchema = HostRecordSchema.extend({
   vmCount: z.number().int(),
   runningCount: z.number().int(),
+  /** Ferry's own hosts are always connected; a libvirt host is while its connection is up. */
+  connected: z.boolean(),
+  /** Why a host is not connected (unreachable, refused login, daemon stopped…). */
+  connectionError: z.string().nullable(),
+  /** Something the administrator should know, e.g. an unauthenticated qemu+tcp:// connection. */
+  warning: z.string().nullable(),
 });
 export type HostSummary = z.infer<typeof HostSummarySchema>;
 

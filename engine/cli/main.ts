@@ -5,6 +5,7 @@ import { registerMigrationCommands } from './migrate.js';
 import { ExitWith, int, table } from './util.js';
 import { FerryError, isFerryError, REFUSAL_CODES, type DiskRequest, type VmSummary } from '../api/index.js';
 import { Inventory } from '../host/inventory.js';
+import { closeLibvirtConnections } from '../host/libvirt/connection.js';
 import { ApiService } from '../service/api-service.js';
 
 /** Exit codes: 0 done, 1 failed while doing it, 2 refused (bad input or a check said no). */
@@ -55,16 +56,29 @@ export function buildProgram(io: Io, inv: Inventory): Command {
   const lab = program.command('lab').description('a local lab of several hosts on this machine');
   lab
     .command('up')
-    .description('create lab hosts lab1..labN on loopback, sharing one storage folder')
+    .description(
+      'create lab hosts lab1..labN sharing one storage folder: on loopback, or with --libvirt as ' +
+        'separate libvirt "machines" (root: namespaces, libvirtd, sshd)',
+    )
     .addOption(new Option('--hosts <n>', 'number of lab hosts').argParser(int(1, 16)).default(2))
+    .option('--libvirt', 'run a libvirtd per host, each in its own namespaces, reached over SSH')
     .addOption(
       new Option(
         '--link-mbit <n>',
         'join the hosts by a real link shaped to this rate (root: netns, veth, tc)',
       ).argParser(int(1, 100_000)),
     )
-    .action(async (o: { hosts: number; linkMbit?: number }) => {
-      const hosts = await inv.labUp(o.hosts, { linkMbit: o.linkMbit });
+    .action(async (o: { hosts: number; linkMbit?: number; libvirt?: boolean }) => {
+      const hosts = await inv.labUp(o.hosts, { linkMbit: o.linkMbit, libvirt: !!o.libvirt });
+      if (o.libvirt) {
+        say(
+          `lab up: libvirt hosts ${hosts.map((h) => h.name).join(', ')}` +
+            (o.linkMbit ? ` on a ${o.linkMbit} Mbit/s link` : '') +
+            `; shared storage: ${hosts[0]!.vmDir}`,
+        );
+        for (const h of hosts) say(`  ${h.name}: virsh -c '${h.uri}'`);
+        return;
+      }
       const where = o.linkMbit
         ? `on a ${o.linkMbit} Mbit/s link (${hosts.map((h) => `${h.name} ${h.migrationAddress}`).join(', ')})`
         : 'on loopback';
@@ -86,32 +100,50 @@ export function buildProgram(io: Io, inv: Inventory): Command {
     .action(async (o: { json?: boolean }) => {
       const hosts = await inv.hostSummaries();
       if (o.json) return json(hosts);
-      if (hosts.length === 0) return say('no hosts yet (try: ferry lab up)');
+      if (hosts.length === 0)
+        return say('no hosts yet (try: ferry lab up, or ferry host add NAME --uri URI)');
       io.out(
         table([
-          ['NAME', 'KIND', 'VMS', 'RUNNING', 'MIGRATION ADDRESS', 'STATE DIR'],
+          ['NAME', 'KIND', 'LAB', 'CONNECTED', 'VMS', 'RUNNING', 'WHERE'],
           ...hosts.map((h) => [
             h.name,
             h.kind,
+            h.lab || h.kind === 'lab' ? 'yes' : '',
+            h.connected ? 'yes' : `no: ${h.connectionError ?? 'unknown'}`,
             String(h.vmCount),
             String(h.runningCount),
-            h.migrationAddress,
-            h.stateDir,
+            h.uri ?? h.stateDir,
           ]),
         ]),
       );
+      for (const h of hosts) if (h.warning) say(`warning: ${h.name}: ${h.warning}`);
     });
   host
     .command('info <host>')
     .option('--json', 'JSON on stdout')
     .action(async (name: string, o: { json?: boolean }) => {
       const h = await inv.host(name);
-      const facts = await h.facts();
+      const status = await inv.hostStatus(h);
       const settings = await h.settings();
-      if (o.json) return json({ ...h.record, facts, settings });
+      // A host that cannot be reached still has a record and settings: show them and why.
+      const facts = status.connected ? await h.facts() : null;
+      if (o.json) return json({ ...h.record, ...status, facts, settings });
+      const head = [
+        ['Host', h.name],
+        ['Kind', h.record.kind + (h.record.lab ? ' (lab)' : '')],
+        ...(h.record.uri ? [['URI', h.record.uri]] : []),
+        ['Connected', status.connected ? 'yes' : `no: ${status.connectionError ?? 'unknown'}`],
+      ];
+      if (status.warning) say(`warning: ${status.warning}`);
+      if (!facts) {
+        io.out(table(head));
+        throw new ExitWith(1);
+      }
       io.out(
         table([
-          ['Host', h.name],
+          ...head,
+          ...(facts.hostname ? [['Hostname', facts.hostname]] : []),
+          ...(facts.libvirtVersion ? [['libvirt', facts.libvirtVersion]] : []),
           ['QEMU', `${facts.qemuVersion} (${facts.qemuBinary})`],
           ['Accelerator', `${facts.accel} — ${facts.accelNote}`],
           ['CPU', `${facts.cpuVendor}, ${facts.cpuModel} ×${facts.cpuCount}`],
@@ -123,6 +155,43 @@ export function buildProgram(io: Io, inv: Inventory): Command {
           ['RDMA', facts.rdma ? 'yes' : 'no'],
         ]),
       );
+    });
+
+  host
+    .command('add <name>')
+    .description(
+      'connect to a libvirt host (a QEMU/KVM server): qemu+ssh://[user@]host[:port]/system, ' +
+        'qemu+tls://host/system, qemu:///system, or qemu+tcp://host/system (labs only: unauthenticated)',
+    )
+    .requiredOption('--uri <uri>', 'libvirt connection URI, as virsh -c takes it')
+    .option('--ssh-key <path>', 'private key file to log in with (default: ssh-agent, then ~/.ssh/id_*)')
+    .option(
+      '--accept-host-key <fingerprint>',
+      "accept the server's SSH host key with this SHA256 fingerprint (check it on the server first)",
+    )
+    .option('--json', 'JSON on stdout')
+    .action(
+      async (name: string, o: { uri: string; sshKey?: string; acceptHostKey?: string; json?: boolean }) => {
+        const rec = await inv.addLibvirtHost({
+          name,
+          uri: o.uri,
+          sshKey: o.sshKey ?? null,
+          acceptHostKey: o.acceptHostKey ?? null,
+        });
+        const status = await inv.hostStatus(await inv.host(rec.name));
+        if (status.warning) say(`warning: ${status.warning}`);
+        if (o.json) return json({ ...rec, ...status });
+        say(`added ${rec.name}: ${rec.uri} (connected)`);
+      },
+    );
+  host
+    .command('remove <name>')
+    .description(
+      "forget a host (a libvirt server and its VMs are untouched; Ferry's own hosts keep their files)",
+    )
+    .action(async (name: string) => {
+      await inv.removeHost(name);
+      say(`removed ${name}`);
     });
 
   // ---- vm ----
@@ -285,6 +354,7 @@ export function buildProgram(io: Io, inv: Inventory): Command {
           say('stopping: waiting for moves in progress…');
           void service.manager
             .shutdown()
+            .then(() => service.dispose())
             .then(() => server.close())
             .then(resolve);
         };
@@ -306,17 +376,23 @@ export async function main(
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (err) {
-    if (err instanceof ExitWith) return err.code;
-    if (err instanceof CommanderError) {
-      // Help and version exit 0; usage errors were already printed by commander.
-      return err.exitCode === 0 ? 0 : 2;
-    }
-    if (isFerryError(err)) {
-      io.err(`ferry: ${err.message}\n`);
-      if (err.hint) io.err(`  ${err.hint}\n`);
-      return REFUSAL_CODES.has(err.code) ? 2 : 1;
-    }
-    io.err(`ferry: unexpected error: ${(err as Error).stack ?? String(err)}\n`);
-    return 1;
+    return reportError(err, io);
+  } finally {
+    await closeLibvirtConnections();
   }
+}
+
+function reportError(err: unknown, io: Io): number {
+  if (err instanceof ExitWith) return err.code;
+  if (err instanceof CommanderError) {
+    // Help and version exit 0; usage errors were already printed by commander.
+    return err.exitCode === 0 ? 0 : 2;
+  }
+  if (isFerryError(err)) {
+    io.err(`ferry: ${err.message}\n`);
+    if (err.hint) io.err(`  ${err.hint}\n`);
+    return REFUSAL_CODES.has(err.code) ? 2 : 1;
+  }
+  io.err(`ferry: unexpected error: ${(err as Error).stack ?? String(err)}\n`);
+  return 1;
 }

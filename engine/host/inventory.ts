@@ -13,10 +13,32 @@ import {
   type VmInfo,
   type VmSummary,
 } from '../api/index.js';
+import { LibvirtClient } from '../libvirt/client.js';
+import { parseLibvirtUri } from '../libvirt/transport.js';
+import { detectAccel } from '../qemu/system.js';
 import type { HostDriver } from './driver.js';
 import { createLink, planLink, removeLink } from './lab-link.js';
-import { LocalHost } from './local-host.js';
+import { closeLibvirtConnections, libvirtConnection } from './libvirt/connection.js';
+import { assertLibvirtLabPossible, startLibvirtLab, stopLibvirtLab } from './libvirt/lab.js';
+import { LibvirtHost } from './libvirt/libvirt-host.js';
+import { LocalHost } from './local/local-host.js';
 import { ferryHome, readJson, socketDir, withLock, writeJsonAtomic } from './store.js';
+
+export interface HostStatus {
+  connected: boolean;
+  connectionError: string | null;
+  warning: string | null;
+}
+
+export interface AddLibvirtHostRequest {
+  name: string;
+  uri: string;
+  sshKey: string | null;
+  acceptHostKey: string | null;
+}
+
+/** libvirt's own port range for incoming migrations and NBD (qemu.conf migration_port_min/max). */
+const LIBVIRT_PORT_BASE = 49152;
 
 const InventorySchema = z.object({
   formatVersion: z.literal(1),
@@ -54,7 +76,27 @@ export class Inventory {
   }
 
   driverFor(record: HostRecord): HostDriver {
-    return new LocalHost(record);
+    return record.kind === 'libvirt' ? new LibvirtHost(record) : new LocalHost(record);
+  }
+
+  /** Whether Ferry can reach the host now: always for its own hosts; a libvirt host's connection. */
+  async hostStatus(h: HostDriver): Promise<HostStatus> {
+    if (!(h instanceof LibvirtHost)) return { connected: true, connectionError: null, warning: null };
+    const s = await h.connection();
+    return { connected: s.connected, connectionError: s.error, warning: s.warning };
+  }
+
+  /**
+   * The hosts that answer, and the names of those that do not: one server being down must never
+   * hide the VMs of the others, nor fail a command about them.
+   */
+  private async reachable(): Promise<{ hosts: HostDriver[]; down: string[] }> {
+    const all = await this.hosts();
+    const status = await Promise.all(all.map((h) => this.hostStatus(h)));
+    return {
+      hosts: all.filter((_, i) => status[i]!.connected),
+      down: all.filter((_, i) => !status[i]!.connected).map((h) => h.name),
+    };
   }
 
   async host(name: string): Promise<HostDriver> {
@@ -72,26 +114,45 @@ export class Inventory {
   }
 
   async hostSummaries(): Promise<HostSummary[]> {
-    return Promise.all(
-      (await this.hosts()).map(async (h) => {
-        const vms = await h.listVms();
-        return {
-          ...h.record,
-          vmCount: vms.length,
-          runningCount: vms.filter((v) => v.state !== 'stopped' && v.state !== 'crashed').length,
-        };
-      }),
-    );
+    return Promise.all((await this.hosts()).map((h) => this.hostSummary(h)));
+  }
+
+  private async hostSummary(h: HostDriver): Promise<HostSummary> {
+    let status = await this.hostStatus(h);
+    let vms: VmSummary[] = [];
+    if (status.connected) {
+      try {
+        vms = await h.listVms();
+      } catch (err) {
+        if (h.record.kind !== 'libvirt') throw err;
+        // The connection dropped between the look and the list.
+        status = { ...status, connected: false, connectionError: (err as Error).message };
+      }
+    }
+    return {
+      ...h.record,
+      ...status,
+      vmCount: vms.length,
+      runningCount: vms.filter((v) => v.state !== 'stopped' && v.state !== 'crashed').length,
+    };
   }
 
   async listVms(): Promise<VmSummary[]> {
-    return (await Promise.all((await this.hosts()).map((h) => h.listVms()))).flat();
+    const { hosts } = await this.reachable();
+    const lists = await Promise.all(
+      hosts.map((h) =>
+        h.listVms().catch((err: unknown) => (h.record.kind === 'libvirt' ? [] : Promise.reject(err))),
+      ),
+    );
+    return lists.flat();
   }
 
   /** The host that holds the VM. */
   async locate(vm: string): Promise<HostDriver> {
-    for (const h of await this.hosts()) if (await h.hasVm(vm)) return h;
-    throw new FerryError('unknown-vm', `no VM named "${vm}" on any host (see: ferry vm list)`);
+    const { hosts, down } = await this.reachable();
+    for (const h of hosts) if (await h.hasVm(vm)) return h;
+    const unchecked = down.length ? `; not reachable now: ${down.join(', ')}` : '';
+    throw new FerryError('unknown-vm', `no VM named "${vm}" on any host (see: ferry vm list)${unchecked}`);
   }
 
   async createVm(input: unknown): Promise<VmInfo> {
@@ -100,7 +161,7 @@ export class Inventory {
     const req: CreateVmRequest = parsed.data;
     return this.locked(async () => {
       const target = await this.host(req.host);
-      for (const h of await this.hosts()) {
+      for (const h of (await this.reachable()).hosts) {
         if (await h.hasVm(req.name)) {
           throw new FerryError(
             'duplicate-vm',
@@ -131,6 +192,9 @@ export class Inventory {
         portBase: 47000,
         vmDir: path.join(stateDir, 'storage'),
         netns: null,
+        uri: null,
+        lab: false,
+        sshKey: null,
       };
       await this.driverFor(rec).facts(); // QEMU must be there before the host is
       await writeJsonAtomic(this.file, { ...inv, hosts: [...inv.hosts, rec] });
@@ -138,12 +202,87 @@ export class Inventory {
     });
   }
 
-  /** Forgets a host (its files stay); refused while it runs VMs. */
+  /**
+   * "Connect to Server…": a libvirt host by its URI. Ferry connects once before saving anything, so a
+   * wrong URI, an unreachable host, a refused login, an unknown host key or a server without libvirtd
+   * is reported (each as itself) and leaves the inventory as it was. Only the key's path is kept.
+   */
+  async addLibvirtHost(req: AddLibvirtHostRequest): Promise<HostRecord> {
+    const name = HostRecordSchema.shape.name.safeParse(req.name);
+    if (!name.success) throw new FerryError('bad-input', name.error.issues[0]!.message);
+    const uri = parseLibvirtUri(req.uri);
+    let sshKey: string | null = null;
+    if (req.sshKey !== null) {
+      sshKey = path.resolve(req.sshKey);
+      try {
+        await fs.promises.access(sshKey, fs.constants.R_OK);
+      } catch {
+        throw new FerryError('bad-input', `cannot read the SSH key file ${sshKey}`);
+      }
+      if (uri.transport !== 'ssh') {
+        throw new FerryError('bad-input', `--ssh-key is for qemu+ssh:// URIs; ${req.uri} does not use SSH`);
+      }
+    }
+    return this.locked(async () => {
+      const inv = await this.load();
+      if (inv.hosts.some((h) => h.name === req.name))
+        throw new FerryError('duplicate-host', `a host named ${req.name} already exists`);
+      const same = inv.hosts.find((h) => h.uri === req.uri);
+      if (same) throw new FerryError('duplicate-host', `${req.uri} is already added, as ${same.name}`);
+      const client = await LibvirtClient.connect({
+        uri: req.uri,
+        sshKey,
+        acceptHostKey: req.acceptHostKey,
+        timeoutMs: 10_000,
+      });
+      try {
+        await client.getHostname();
+      } finally {
+        await client.close().catch(() => undefined);
+      }
+      const stateDir = path.join(this.home, 'hosts', req.name);
+      const rec: HostRecord = {
+        name: req.name,
+        kind: 'libvirt',
+        stateDir,
+        migrationAddress: uri.host || '127.0.0.1',
+        portBase: LIBVIRT_PORT_BASE,
+        // Where Ferry puts files it chooses on the server (storage roots); existing disks stay put.
+        vmDir: '/var/lib/libvirt/images',
+        netns: null,
+        uri: req.uri,
+        lab: false,
+        sshKey,
+      };
+      await writeJsonAtomic(this.file, { ...inv, hosts: [...inv.hosts, rec] });
+      return rec;
+    });
+  }
+
+  /** Drops a libvirt host's connection and opens it again (the console's "Reconnect"). */
+  async reconnectHost(name: string): Promise<HostSummary> {
+    const h = await this.host(name);
+    if (h.record.kind === 'libvirt')
+      await libvirtConnection(h.record)
+        .reconnect()
+        .catch(() => undefined);
+    return this.hostSummary(h);
+  }
+
+  /**
+   * Forgets a host. Ferry's own hosts keep their files and are refused while they run VMs; a libvirt
+   * host is only disconnected: the server and its domains are untouched.
+   */
   async removeHost(name: string): Promise<void> {
     await this.locked(async () => {
       const inv = await this.load();
       const rec = inv.hosts.find((h) => h.name === name);
       if (!rec) throw new FerryError('unknown-host', `unknown host "${name}"`);
+      if (rec.kind === 'libvirt') {
+        await writeJsonAtomic(this.file, { ...inv, hosts: inv.hosts.filter((h) => h.name !== name) });
+        await closeLibvirtConnections(name);
+        return;
+      }
       const running = (await this.driverFor(rec).listVms()).filter(
         (v) => v.state !== 'stopped' && v.state !== 'crashed',
       );
@@ -158,26 +297,28 @@ export class Inventory {
   }
 
   async labHosts(): Promise<HostRecord[]> {
-    return (await this.records()).filter((h) => h.kind === 'lab');
+    return (await this.records()).filter((h) => h.kind === 'lab' || h.lab);
   }
 
   /**
    * Creates lab hosts lab1..labN on this machine: own state folders and port ranges, on loopback, one
    * shared storage folder (the lab's "SMB share"). Checks QEMU first so a broken setup adds nothing.
    */
-  async labUp(count: number, opts: { linkMbit?: number } = {}): Promise<HostRecord[]> {
+  async labUp(count: number, opts: { linkMbit?: number; libvirt?: boolean } = {}): Promise<HostRecord[]> {
     if (!Number.isInteger(count) || count < 1 || count > 16) {
       throw new FerryError('bad-input', `--hosts must be a whole number from 1 to 16, not ${count}`);
     }
+    if (opts.libvirt) await assertLibvirtLabPossible();
     return this.locked(async () => {
       const inv = await this.load();
-      const existing = inv.hosts.filter((h) => h.kind === 'lab');
+      const existing = inv.hosts.filter((h) => h.kind === 'lab' || h.lab);
       if (existing.length > 0) {
         throw new FerryError(
           'lab-already-up',
           `the lab is already up (${existing.map((h) => h.name).join(', ')}); run "ferry lab down" first`,
         );
       }
+      if (opts.libvirt) return this.libvirtLabUp(inv, count, opts.linkMbit ?? null);
       const shared = path.join(this.labDir, 'shared');
       const link = opts.linkMbit ? planLink(this.home, count) : null;
       const added: HostRecord[] = [];
@@ -194,6 +335,9 @@ export class Inventory {
           portBase: LAB_PORT_BASE + i * 100,
           vmDir: shared,
           netns: link ? link.hosts[i - 1]!.netns : null,
+          uri: null,
+          lab: true,
+          sshKey: null,
         });
       }
       // Probe QEMU on the first host before writing anything (all lab hosts share the binary).
@@ -204,12 +348,55 @@ export class Inventory {
     });
   }
 
+  /**
+   * The libvirt lab: N libvirt "machines" on this computer (engine/host/libvirt/lab.ts), added as
+   * libvirt hosts reached over SSH, exactly as real servers are. Their URI works with virsh as it is.
+   */
+  private async libvirtLabUp(
+    inv: InventoryFile,
+    count: number,
+    linkMbit: number | null,
+  ): Promise<HostRecord[]> {
+    const names = Array.from({ length: count }, (_, i) => `lab${i + 1}`);
+    const taken = names.filter((n) => inv.hosts.some((h) => h.name === n));
+    if (taken.length) throw new FerryError('duplicate-host', `a host named ${taken[0]} already exists`);
+    const machines = await startLibvirtLab({ home: this.home, count, linkMbit });
+    const added: HostRecord[] = machines.map((m, i) => ({
+      name: names[i]!,
+      kind: 'libvirt',
+      stateDir: path.join(this.home, 'hosts', names[i]!),
+      migrationAddress: m.address,
+      portBase: LIBVIRT_PORT_BASE,
+      vmDir: m.sharedDir,
+      netns: m.netns,
+      uri: m.uris.ssh,
+      lab: true,
+      sshKey: null,
+    }));
+    try {
+      // The lab runs on this machine: TCG unless it has real hardware virtualization.
+      const accel = detectAccel('auto').hardwareVirtualization ? 'auto' : 'tcg';
+      for (const rec of added) {
+        const h = new LibvirtHost(rec);
+        await h.updateSettings({ accel, storageRoots: [machines[0]!.sharedDir] });
+        await h.facts();
+      }
+      await writeJsonAtomic(this.file, { ...inv, hosts: [...inv.hosts, ...added] });
+    } catch (err) {
+      for (const rec of added) await closeLibvirtConnections(rec.name);
+      await stopLibvirtLab(this.home).catch(() => undefined);
+      throw err;
+    }
+    return added;
+  }
+
   /** Stops every VM on the lab hosts (turned off: the lab guest ignores ACPI) and removes the lab. */
   async labDown(): Promise<{ hosts: string[]; stoppedVms: string[] }> {
     return this.locked(async () => {
       const inv = await this.load();
-      const lab = inv.hosts.filter((h) => h.kind === 'lab');
+      const lab = inv.hosts.filter((h) => h.kind === 'lab' || h.lab);
       if (lab.length === 0) throw new FerryError('lab-not-up', 'the lab is not up (nothing to take down)');
+      if (lab.some((h) => h.kind === 'libvirt')) return this.libvirtLabDown(inv, lab);
       const stopped: string[] = [];
       for (const rec of lab) {
         const h = this.driverFor(rec);
@@ -229,5 +416,23 @@ export class Inventory {
       await fs.promises.rm(this.labDir, { recursive: true, force: true });
       return { hosts: lab.map((h) => h.name), stoppedVms: stopped };
     });
+  }
+
+  /** Turns off every domain of the libvirt lab (also ones defined with virsh) and removes it all. */
+  private async libvirtLabDown(
+    inv: InventoryFile,
+    lab: HostRecord[],
+  ): Promise<{ hosts: string[]; stoppedVms: string[] }> {
+    const stopped: string[] = [];
+    for (const rec of lab) {
+      const vms = await new LibvirtHost(rec).listVms().catch(() => []);
+      stopped.push(...vms.filter((v) => v.state !== 'stopped').map((v) => v.name));
+      await closeLibvirtConnections(rec.name);
+    }
+    await writeJsonAtomic(this.file, { ...inv, hosts: inv.hosts.filter((h) => !lab.includes(h)) });
+    await stopLibvirtLab(this.home);
+    for (const rec of lab) await fs.promises.rm(rec.stateDir, { recursive: true, force: true });
+    await fs.promises.rm(this.labDir, { recursive: true, force: true });
+    return { hosts: lab.map((h) => h.name), stoppedVms: stopped };
   }
 }

@@ -14,6 +14,7 @@ import {
   type VmSummary,
 } from '../api/index.js';
 import type { HostDriver } from '../host/driver.js';
+import { LIBVIRT_MOVES_UNSUPPORTED } from '../host/libvirt/migration.js';
 import { planMigration } from '../qemu/migration.js';
 
 export interface HostView {
@@ -406,11 +407,40 @@ async function storagePreflight(request: MoveRequestParsed, host: HostDriver): P
   return { report: { errors: [...errors, ...targetErrors], warnings: [] }, options, vm, targets };
 }
 
+/**
+ * A move that touches a libvirt host is refused here, before anything changes: Ferry's own hosts and
+ * libvirt hosts speak different migration protocols, and Ferry does not yet drive libvirt's.
+ */
+async function libvirtPreflight(
+  request: MoveRequestParsed,
+  source: HostDriver,
+  dest: HostDriver,
+): Promise<Prepared> {
+  const vm = await source.vmConfig(request.vm);
+  const view = await hostView(source);
+  const mixed = source.record.kind === 'libvirt' ? dest.record.kind !== 'libvirt' : true;
+  const error: CheckItem = mixed
+    ? {
+        code: 'mixed-host-kinds',
+        message: `${source.name} is ${source.record.kind === 'libvirt' ? 'a libvirt host' : "one of Ferry's own hosts"} and ${dest.name} ${dest.record.kind === 'libvirt' ? 'a libvirt host' : "one of Ferry's own hosts"}: a VM moves only between hosts of the same kind`,
+      }
+    : { code: 'libvirt-moves-unsupported', message: LIBVIRT_MOVES_UNSUPPORTED };
+  return {
+    report: { errors: [error], warnings: [] },
+    options: resolveOptions(request, view.settings, view.facts),
+    vm,
+    targets: [],
+  };
+}
+
 export async function preflight(
   request: MoveRequestParsed,
   source: HostDriver,
   dest: HostDriver,
 ): Promise<Prepared> {
+  if (source.record.kind === 'libvirt' || dest.record.kind === 'libvirt') {
+    return libvirtPreflight(request, source, dest);
+  }
   if (request.kind === 'storage') return storagePreflight(request, source);
   const [vm, info, s, d, destHasVm] = await Promise.all([
     source.vmConfig(request.vm),

@@ -14,6 +14,7 @@ import {
   type ServerEvent,
 } from '../api/index.js';
 import { Inventory } from '../host/inventory.js';
+import { closeLibvirtConnections, onLibvirtChange } from '../host/libvirt/connection.js';
 import { MigrationManager } from '../migration/manager.js';
 import { findQemu, installHint } from '../qemu/system.js';
 
@@ -22,6 +23,8 @@ type Handlers = { [M in MethodName]: (input: z.output<ApiMethods[M]['input']>) =
 const MUTATING = new Set<MethodName>([
   'updateHostSettings',
   'addLocalHost',
+  'addLibvirtHost',
+  'reconnectHost',
   'removeHost',
   'labUp',
   'labDown',
@@ -47,6 +50,17 @@ export class ApiService {
       }
     });
     this.handlers = this.makeHandlers();
+    // A libvirt host that connects, drops, or whose domains change (also through virsh) makes every
+    // client refresh at once rather than at its next poll.
+    this.unsubscribeLibvirt = onLibvirtChange(() => this.push({ kind: 'inventory-changed' }));
+  }
+
+  private readonly unsubscribeLibvirt: () => void;
+
+  /** Stops listening to libvirt hosts and closes their connections (the process is ending). */
+  async dispose(): Promise<void> {
+    this.unsubscribeLibvirt();
+    await closeLibvirtConnections();
   }
 
   subscribe(listener: (e: ServerEvent) => void): () => void {
@@ -88,7 +102,7 @@ export class ApiService {
           qemuVersion,
           installHint: qemuInstalled ? null : installHint(),
           hostCount: records.length,
-          labUp: records.some((r) => r.kind === 'lab'),
+          labUp: records.some((r) => r.kind === 'lab' || r.lab),
         };
       },
       listHosts: () => inv.hostSummaries(),
@@ -99,12 +113,14 @@ export class ApiService {
       },
       updateHostSettings: async ({ host, patch }) => (await inv.host(host)).updateSettings(patch),
       addLocalHost: ({ name }) => inv.addLocalHost(name),
+      addLibvirtHost: (req) => inv.addLibvirtHost(req),
+      reconnectHost: ({ host }) => inv.reconnectHost(host),
       removeHost: async ({ host }) => {
         await inv.removeHost(host);
         return { removed: host };
       },
-      labUp: async ({ hosts, withVm }) => {
-        const records = await inv.labUp(hosts);
+      labUp: async ({ hosts, withVm, libvirt }) => {
+        const records = await inv.labUp(hosts, { libvirt });
         if (withVm) {
           await inv.createVm({
             name: 'lab-vm',

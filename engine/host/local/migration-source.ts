@@ -1,0 +1,163 @@
+// The source side of a move (libvirt's Begin / Perform / Confirm): one QMP session held from Begin to
+// Confirm or rollback, which also sees the STOP of the cut-over. The disk mirrors of a shared-nothing
+// move are in disks.ts.
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { FerryError, type VmConfig } from '../../api/index.js';
+import { capabilityList, parseQueryMigrate } from '../../qemu/migration.js';
+import { killQemu, waitForExit } from '../../qemu/process.js';
+import type { OutgoingStats } from '../driver.js';
+import { ensureDir, writeJsonAtomic } from '../store.js';
+import { isRunning, refuseWhileMigrating, type LocalContext } from './context.js';
+
+export class MigrationSource {
+  constructor(private readonly ctx: LocalContext) {}
+
+  async beginOutgoing(name: string, migrationId: string, peer: string): Promise<VmConfig> {
+    return this.ctx.withVmLock(name, async () => {
+      const vm = await this.ctx.vmConfig(name);
+      const rt = await this.ctx.runtime(name);
+      if (!isRunning(rt)) {
+        throw new FerryError('vm-not-running', `VM "${name}" is not running on ${this.ctx.name}`);
+      }
+      refuseWhileMigrating(name, rt);
+      const session = await this.ctx.openSession(name, rt.qmpSocket);
+      const st = await session.qmp.execute<{ status: string }>('query-status');
+      if (st.status !== 'running' && st.status !== 'paused') {
+        await this.ctx.closeSession(name);
+        throw new FerryError('vm-not-running', `VM "${name}" is ${st.status}, not running or paused`);
+      }
+      await writeJsonAtomic(this.ctx.runtimePath(name), {
+        ...rt,
+        migration: {
+          id: migrationId,
+          role: 'source',
+          peer,
+          ownerPid: process.pid,
+          wasRunning: st.status === 'running',
+        },
+      });
+      return vm;
+    });
+  }
+
+  async startOutgoing(
+    name: string,
+    req: { capabilities: Record<string, boolean>; parameters: Record<string, unknown>; uri: string },
+  ): Promise<void> {
+    const s = this.ctx.session(name);
+    await s.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(req.capabilities) });
+    await s.qmp.execute('migrate-set-parameters', req.parameters);
+    const limit = req.parameters['downtime-limit'];
+    if (typeof limit === 'number') s.downtimeLimitMs = limit;
+    s.stoppedAt = null;
+    await s.qmp.execute('migrate', { uri: req.uri });
+  }
+
+  async outgoingStats(name: string): Promise<OutgoingStats> {
+    const s = this.ctx.session(name);
+    const stats = parseQueryMigrate(await s.qmp.execute('query-migrate'));
+    return { ...stats, downtimeLimitMs: s.downtimeLimitMs, stoppedAt: s.stoppedAt };
+  }
+
+  async nextMigrationEvent(name: string, timeoutMs: number): Promise<string | null> {
+    const ev = await this.ctx
+      .session(name)
+      .qmp.waitEvent('MIGRATION', () => true, timeoutMs)
+      .catch((err: unknown) => {
+        if (err instanceof FerryError && err.code === 'qmp-timeout') return null;
+        throw err;
+      });
+    return ev ? String(ev.data.status) : null;
+  }
+
+  async setOutgoingParameters(name: string, parameters: Record<string, unknown>): Promise<void> {
+    const s = this.ctx.session(name);
+    await s.qmp.execute('migrate-set-parameters', parameters);
+    const limit = parameters['downtime-limit'];
+    if (typeof limit === 'number') s.downtimeLimitMs = limit;
+  }
+
+  async continueOutgoing(name: string): Promise<void> {
+    await this.ctx.session(name).qmp.execute('migrate-continue', { state: 'pre-switchover' });
+  }
+
+  async startPostcopy(name: string): Promise<void> {
+    await this.ctx.session(name).qmp.execute('migrate-start-postcopy');
+  }
+
+  async cancelOutgoing(name: string): Promise<void> {
+    const s = await this.ctx.sessionForCleanup(name);
+    const before = parseQueryMigrate(await s.qmp.execute('query-migrate'));
+    if (before.status === 'completed' || before.status.startsWith('postcopy')) {
+      throw new FerryError(
+        'cancel-refused',
+        `the migration of "${name}" has already switched over (${before.status})`,
+      );
+    }
+    try {
+      if (before.status !== 'none' && before.status !== 'failed' && before.status !== 'cancelled') {
+        await s.qmp.execute('migrate_cancel');
+        const deadline = Date.now() + 10_000;
+        for (;;) {
+          const st = parseQueryMigrate(await s.qmp.execute('query-migrate')).status;
+          if (st === 'cancelled' || st === 'failed') break;
+          if (Date.now() > deadline) {
+            throw new FerryError(
+              'migration-failed',
+              `QEMU did not cancel the migration of "${name}" (${st})`,
+            );
+          }
+          await sleep(20);
+        }
+      }
+    } finally {
+      await this.keepRunningHere(name);
+    }
+  }
+
+  /** After a cancel or failure: the VM runs here as before the move, and is no longer marked. */
+  private async keepRunningHere(name: string): Promise<void> {
+    try {
+      const s = await this.ctx.sessionForCleanup(name);
+      const rt = await this.ctx.runtime(name);
+      const st = await s.qmp.execute<{ status: string }>('query-status');
+      // QEMU restarts a VM that was running when its migration fails; make sure of it.
+      if (rt?.migration?.wasRunning && st.status !== 'running') await s.qmp.execute('cont');
+    } finally {
+      await this.ctx.setMigrationMarker(name, null);
+      await this.ctx.closeSession(name);
+    }
+  }
+
+  async resumeSource(name: string): Promise<void> {
+    // `cont` in postmigrate re-activates the disks the source inactivated at completion.
+    await this.keepRunningHere(name);
+  }
+
+  async confirmOutgoing(name: string, deleteDisks: string[] = []): Promise<void> {
+    const rt = await this.ctx.runtime(name);
+    const s = this.ctx.openSessionOf(name);
+    if (s) await s.qmp.execute('quit').catch(() => undefined);
+    await this.ctx.closeSession(name);
+    if (rt) {
+      await writeJsonAtomic(this.ctx.runtimePath(name), { ...rt, stopRequested: true });
+      if (!(await waitForExit(rt.pid, rt.qmpSocket, 10_000))) await killQemu(rt.pid, rt.qmpSocket);
+      for (const sock of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(sock, { force: true });
+    }
+    // Keep the source's console history; the VM's files on shared storage are the destination's now.
+    const serial = path.join(this.ctx.vmDir(name), 'serial.log');
+    if (fs.existsSync(serial)) {
+      const logs = path.join(this.ctx.record.stateDir, 'logs');
+      await ensureDir(logs);
+      await fs.promises.rename(serial, path.join(logs, `${name}-${rt?.migration?.id ?? 'moved'}.serial.log`));
+    }
+    await this.ctx.removeVmState(name);
+    // Shared-nothing: the destination has its own copies now.
+    for (const f of deleteDisks) {
+      await fs.promises.rm(f, { force: true });
+      await fs.promises.rmdir(path.dirname(f)).catch(() => undefined);
+    }
+  }
+}
