@@ -41,7 +41,7 @@ export const MoveRequestSchema = z.object({
   /** All of the VM's files to this folder. */
   storagePath: z.string().min(1).optional(),
   /** A folder per disk, by disk id (disk0 → /path). */
-  diskPaths: z.record(z.string().regex(/^disk[0-9]+$/), z.string().min(1)).optional(),
+  diskPaths: z.record(z.string().regex(/^(disk[0-9]+|[hsvx]d[a-z]{1,3})$/), z.string().min(1)).optional(),
   /** Keep the source's disk files after a shared-nothing move. */
   keepSource: z.boolean().default(false),
 });
@@ -57,8 +57,13 @@ export const MoveOptionsSchema = z.object({
   downtimeMs: z.number().int(),
   downtimeCeilingMs: z.number().int(),
   convergence: ConvergencePolicySchema,
-  /** multifd compression method for the Compression option. */
-  compression: z.enum(['zstd', 'zlib']).nullable(),
+  /**
+   * The compression method for the Compression option: multifd zstd/zlib (Ferry's own hosts, libvirt
+   * 9.4+), or xbzrle (libvirt before 9.4 offers only xbzrle or mt).
+   */
+  compression: z.enum(['zstd', 'zlib', 'xbzrle']).nullable(),
+  /** libvirt hosts: the migration stream (memory and disks) is encrypted with TLS. */
+  encrypted: z.boolean().optional(),
 });
 export type MoveOptions = z.infer<typeof MoveOptionsSchema>;
 

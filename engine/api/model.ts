@@ -150,6 +150,11 @@ export const HostSettingsSchema = z.object({
   storageRoots: z.array(z.string().min(1)).default([]),
   /** Memory kept for the host itself: VMs may use only what is free beyond it. */
   reservedMemoryMiB: z.number().int().min(0).default(0),
+  /**
+   * Whether moves between libvirt hosts encrypt the migration stream (memory and disks) with TLS:
+   * 'required' refuses a move to or from a host without migration TLS certificates.
+   */
+  encryption: z.enum(['required', 'when-available', 'off']).default('required'),
 });
 export type HostSettings = z.infer<typeof HostSettingsSchema>;
 

@@ -110,6 +110,21 @@ export interface StorageVolInfo {
   allocation: bigint;
 }
 
+/** virStoragePoolInfo: state (StoragePoolState) and sizes in bytes. */
+export interface StoragePoolInfo {
+  state: number;
+  capacity: bigint;
+  allocation: bigint;
+  available: bigint;
+}
+
+/** virDomainBlockInfo, in bytes: capacity is the disk's virtual size. */
+export interface DomainBlockInfo {
+  allocation: bigint;
+  capacity: bigint;
+  physical: bigint;
+}
+
 type Encode = (w: XdrWriter) => void;
 type Decode<T> = (r: XdrReader) => T;
 
@@ -386,11 +401,16 @@ export class LibvirtClient {
       return;
     }
     const stderr = this.transport.stderr();
+    // virt-ssh-helper or nc could not open the daemon's socket: libvirt is there, its daemon is not.
+    const noDaemon =
+      /libvirt-sock/.test(stderr) && /No such file|Connection refused|cannot connect/i.test(stderr);
     const err = this.sawReply
       ? new FerryError('host-disconnected', `lost the connection to ${this.host}: ${reason}`)
       : new FerryError(
           'libvirt-missing',
-          `no libvirt RPC answer from ${this.host}: ${reason}` +
+          (noDaemon
+            ? `libvirtd is not running on ${this.host} (nothing listens on its socket): ${reason}`
+            : `no libvirt RPC answer from ${this.host}: ${reason}`) +
             (stderr && !reason.includes(stderr) ? `; the remote side said: ${stderr}` : ''),
           this.uri.transport === 'ssh'
             ? `Install libvirt on ${this.host} (virt-ssh-helper or nc must be on the PATH of the SSH user) and make sure libvirtd runs.`
@@ -636,6 +656,15 @@ export class LibvirtClient {
     return this.call(Proc.DOMAIN_UNDEFINE_FLAGS, (w) => domFlags(w, dom, flags));
   }
 
+  /** Whether the domain has a persistent definition (false for a transient one). */
+  domainIsPersistent(dom: DomainRef): Promise<boolean> {
+    return this.call(
+      Proc.DOMAIN_IS_PERSISTENT,
+      (w) => writeDomain(w, dom),
+      (r) => r.int() !== 0,
+    );
+  }
+
   // --- events --------------------------------------------------------------------------------
 
   /**
@@ -826,6 +855,18 @@ export class LibvirtClient {
     );
   }
 
+  /** Sizes of one disk (`path` is its target, e.g. "vda", or its source path). */
+  domainGetBlockInfo(dom: DomainRef, path: string, flags = 0): Promise<DomainBlockInfo> {
+    return this.call(
+      Proc.DOMAIN_GET_BLOCK_INFO,
+      (w) => {
+        writeDomain(w, dom);
+        w.string(path).uint(flags);
+      },
+      (r) => ({ allocation: r.uhyper(), capacity: r.uhyper(), physical: r.uhyper() }),
+    );
+  }
+
   domainBlockJobAbort(dom: DomainRef, path: string, flags = 0): Promise<void> {
     return this.call(Proc.DOMAIN_BLOCK_JOB_ABORT, (w) => {
       writeDomain(w, dom);
@@ -842,6 +883,37 @@ export class LibvirtClient {
   /** A transient pool: it exists until destroyed (or the daemon restarts). */
   storagePoolCreateXml(xml: string, flags = 0): Promise<StoragePoolRef> {
     return this.call(Proc.STORAGE_POOL_CREATE_XML, (w) => w.string(xml).uint(flags), readPool);
+  }
+
+  storagePoolLookupByName(name: string): Promise<StoragePoolRef> {
+    return this.call(Proc.STORAGE_POOL_LOOKUP_BY_NAME, (w) => w.string(name), readPool);
+  }
+
+  /** Starts a defined (persistent) pool that is inactive. */
+  storagePoolCreate(pool: StoragePoolRef, flags = 0): Promise<void> {
+    return this.call(Proc.STORAGE_POOL_CREATE, (w) => {
+      writePool(w, pool);
+      w.uint(flags);
+    });
+  }
+
+  storagePoolGetInfo(pool: StoragePoolRef): Promise<StoragePoolInfo> {
+    return this.call(
+      Proc.STORAGE_POOL_GET_INFO,
+      (w) => writePool(w, pool),
+      (r) => ({ state: r.uchar(), capacity: r.uhyper(), allocation: r.uhyper(), available: r.uhyper() }),
+    );
+  }
+
+  storagePoolGetXmlDesc(pool: StoragePoolRef, flags = 0): Promise<string> {
+    return this.call(
+      Proc.STORAGE_POOL_GET_XML_DESC,
+      (w) => {
+        writePool(w, pool);
+        w.uint(flags);
+      },
+      (r) => r.string(),
+    );
   }
 
   storagePoolDestroy(pool: StoragePoolRef): Promise<void> {
@@ -867,6 +939,17 @@ export class LibvirtClient {
     );
   }
 
+  storageVolLookupByName(pool: StoragePoolRef, name: string): Promise<StorageVolRef> {
+    return this.call(
+      Proc.STORAGE_VOL_LOOKUP_BY_NAME,
+      (w) => {
+        writePool(w, pool);
+        w.string(name);
+      },
+      readVol,
+    );
+  }
+
   storageVolLookupByPath(path: string): Promise<StorageVolRef> {
     return this.call(Proc.STORAGE_VOL_LOOKUP_BY_PATH, (w) => w.string(path), readVol);
   }
@@ -876,6 +959,26 @@ export class LibvirtClient {
       Proc.STORAGE_VOL_GET_INFO,
       (w) => writeVol(w, vol),
       (r) => ({ type: r.char(), capacity: r.uhyper(), allocation: r.uhyper() }),
+    );
+  }
+
+  storageVolGetXmlDesc(vol: StorageVolRef, flags = 0): Promise<string> {
+    return this.call(
+      Proc.STORAGE_VOL_GET_XML_DESC,
+      (w) => {
+        writeVol(w, vol);
+        w.uint(flags);
+      },
+      (r) => r.string(),
+    );
+  }
+
+  /** The volume's path on the host (for a dir pool: the pool's folder + the volume's name). */
+  storageVolGetPath(vol: StorageVolRef): Promise<string> {
+    return this.call(
+      Proc.STORAGE_VOL_GET_PATH,
+      (w) => writeVol(w, vol),
+      (r) => r.string(),
     );
   }
 

@@ -741,9 +741,13 @@ async function openSsh(u: LibvirtUri, opts: TransportOptions): Promise<Transport
       }
       return true;
     }
+    // A fingerprint to accept that is not this key's is refused as the unknown key it is, saying so.
+    const notAccepted = opts.acceptHostKey
+      ? `; the fingerprint given to accept (${opts.acceptHostKey}) is not this key's, so it was not accepted`
+      : '';
     hostKeyError = new FerryError(
       'host-key-unknown',
-      `the SSH host key of ${name} is not known: host key ${fp} (${short}) is not in ${knownHostsFile}`,
+      `the SSH host key of ${name} is not known: host key ${fp} (${short}) is not in ${knownHostsFile}${notAccepted}`,
       `Check the fingerprint on the host (ssh-keygen -lf /etc/ssh/ssh_host_${short}_key.pub) and accept it if it matches.`,
       { fingerprint: fp, keyType: short, host: name, knownHostsFile },
     );

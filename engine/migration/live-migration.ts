@@ -415,7 +415,7 @@ function sampleOf(st: OutgoingStats, at: number, phase: number, throughputMiBs: 
   };
 }
 
-async function waitForHeartbeat(
+export async function waitForHeartbeat(
   host: HostDriver,
   name: string,
   lab: NonNullable<VmConfig['labGuest']>,

@@ -17,7 +17,9 @@ import {
 } from '../api/index.js';
 import type { HostDriver } from '../host/driver.js';
 import type { Inventory } from '../host/inventory.js';
+import { LibvirtHost } from '../host/libvirt/libvirt-host.js';
 import { History } from './history.js';
+import { libvirtMigration } from './libvirt-migration.js';
 import { liveMigration, type EventSink, type MoveContext, type SharedNothing } from './live-migration.js';
 import { storageMove } from './storage-move.js';
 import { preflight, type DiskTarget } from './preflight.js';
@@ -126,7 +128,7 @@ export class MigrationManager {
 
     const run = async (): Promise<Summary> => {
       try {
-        let { report, options, vm, targets } = await preflight(req, source, dest);
+        let { report, options, vm, targets, libvirt } = await preflight(req, source, dest);
         rec.preflight = report;
         rec.options = options;
         if (report.errors.length > 0) {
@@ -145,7 +147,7 @@ export class MigrationManager {
         state.queued = false;
         if (rec.events.some((e) => e.type === 'queued')) {
           // Things change while a move waits: check again before starting.
-          ({ report, options, vm, targets } = await preflight(req, source, dest));
+          ({ report, options, vm, targets, libvirt } = await preflight(req, source, dest));
           rec.preflight = report;
           rec.options = options;
           if (report.errors.length > 0) return refused(id, req, source.name, dest.name, report, now());
@@ -168,9 +170,13 @@ export class MigrationManager {
             state.phase = phase;
             void this.scheduler.setPhase(id, phase).catch(() => undefined);
           },
-          storage: req.includeStorage ? sharedNothing(vm, targets, req.keepSource) : null,
+          storage: req.includeStorage && !libvirt ? sharedNothing(vm, targets, req.keepSource) : null,
         };
-        return req.kind === 'storage' ? await storageMove(ctx, targets) : await liveMigration(ctx);
+        if (req.kind === 'storage') return await storageMove(ctx, targets);
+        if (libvirt && source instanceof LibvirtHost && dest instanceof LibvirtHost) {
+          return await libvirtMigration(ctx, source, dest, libvirt);
+        }
+        return await liveMigration(ctx);
       } catch (err) {
         if (err instanceof QueueCancelled)
           return ended(id, req, source.name, dest.name, 'cancelled', 'cancelled while queued', now());

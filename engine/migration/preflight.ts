@@ -14,7 +14,8 @@ import {
   type VmSummary,
 } from '../api/index.js';
 import type { HostDriver } from '../host/driver.js';
-import { LIBVIRT_MOVES_UNSUPPORTED } from '../host/libvirt/migration.js';
+import { LibvirtHost } from '../host/libvirt/libvirt-host.js';
+import { libvirtMovePreflight, type LibvirtMovePlan } from './libvirt-preflight.js';
 import { planMigration } from '../qemu/migration.js';
 
 export interface HostView {
@@ -378,6 +379,8 @@ export interface Prepared {
   vm: VmConfig;
   /** Disk targets for shared-nothing and storage-only moves. */
   targets: DiskTarget[];
+  /** A move between libvirt hosts: the flags and parameters of libvirt's migration protocol. */
+  libvirt?: LibvirtMovePlan;
 }
 
 /** Storage-only move (R4): same host, running VM, valid targets with room. */
@@ -407,26 +410,26 @@ async function storagePreflight(request: MoveRequestParsed, host: HostDriver): P
   return { report: { errors: [...errors, ...targetErrors], warnings: [] }, options, vm, targets };
 }
 
-/**
- * A move that touches a libvirt host is refused here, before anything changes: Ferry's own hosts and
- * libvirt hosts speak different migration protocols, and Ferry does not yet drive libvirt's.
- */
-async function libvirtPreflight(
+/** A move between a libvirt host and one of Ferry's own: refused, they speak different protocols. */
+async function mixedPreflight(
   request: MoveRequestParsed,
   source: HostDriver,
   dest: HostDriver,
 ): Promise<Prepared> {
   const vm = await source.vmConfig(request.vm);
   const view = await hostView(source);
-  const mixed = source.record.kind === 'libvirt' ? dest.record.kind !== 'libvirt' : true;
-  const error: CheckItem = mixed
-    ? {
-        code: 'mixed-host-kinds',
-        message: `${source.name} is ${source.record.kind === 'libvirt' ? 'a libvirt host' : "one of Ferry's own hosts"} and ${dest.name} ${dest.record.kind === 'libvirt' ? 'a libvirt host' : "one of Ferry's own hosts"}: a VM moves only between hosts of the same kind`,
-      }
-    : { code: 'libvirt-moves-unsupported', message: LIBVIRT_MOVES_UNSUPPORTED };
+  const kind = (h: HostDriver): string =>
+    h.record.kind === 'libvirt' ? 'a libvirt host' : "one of Ferry's own hosts";
   return {
-    report: { errors: [error], warnings: [] },
+    report: {
+      errors: [
+        {
+          code: 'mixed-host-kinds',
+          message: `${source.name} is ${kind(source)} and ${dest.name} ${kind(dest)}: a VM moves only between hosts of the same kind (libvirt's migration protocol, or Ferry's own)`,
+        },
+      ],
+      warnings: [],
+    },
     options: resolveOptions(request, view.settings, view.facts),
     vm,
     targets: [],
@@ -438,10 +441,13 @@ export async function preflight(
   source: HostDriver,
   dest: HostDriver,
 ): Promise<Prepared> {
-  if (source.record.kind === 'libvirt' || dest.record.kind === 'libvirt') {
-    return libvirtPreflight(request, source, dest);
+  if ((source.record.kind === 'libvirt') !== (dest.record.kind === 'libvirt')) {
+    return mixedPreflight(request, source, dest);
   }
   if (request.kind === 'storage') return storagePreflight(request, source);
+  if (source instanceof LibvirtHost && dest instanceof LibvirtHost) {
+    return libvirtMovePreflight(request, source, dest);
+  }
   const [vm, info, s, d, destHasVm] = await Promise.all([
     source.vmConfig(request.vm),
     source.vmInfo(request.vm),

@@ -454,7 +454,10 @@ function makeMachineFiles(s: LabState, m: LibvirtLabMachine): void {
       'unix_sock_ro_perms = "0777"',
       'unix_sock_rw_perms = "0700"',
       `host_uuid = "${crypto.randomUUID()}"`,
-      'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
+      // The migration steps each daemon runs (Begin, Prepare, Perform, Finish, Confirm) are logged, so
+      // a test can read their order from the daemons themselves.
+      'log_filters = "1:qemu.qemu_migration"',
+      'log_outputs = "1:file:/var/log/libvirt/libvirtd.log"',
       '',
     ].join('\n'),
   );
