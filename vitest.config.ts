@@ -1,6 +1,9 @@
+import vue from '@vitejs/plugin-vue';
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
+  // Component tests mount the console's .vue files.
+  plugins: [vue()],
   test: {
     include: ['test/**/*.test.ts'],
     // Integration tests start real QEMU processes: one file at a time on a 2-core machine.

@@ -92,10 +92,18 @@ export class ApiService {
         let qemuInstalled = true;
         try {
           findQemu(null);
-          const first = records[0];
-          if (first) qemuVersion = (await inv.driverFor(first).facts()).qemuVersion;
         } catch {
           qemuInstalled = false;
+        }
+        // Only Ferry's own hosts run this machine's QEMU; a libvirt server (maybe unreachable) says
+        // nothing about it.
+        const own = records.find((r) => r.kind !== 'libvirt');
+        if (qemuInstalled && own) {
+          qemuVersion = await inv
+            .driverFor(own)
+            .facts()
+            .then((f) => f.qemuVersion)
+            .catch(() => null);
         }
         return {
           qemuInstalled,

@@ -26,10 +26,13 @@ export interface WebProcess {
   stop(): Promise<void>;
 }
 
-/** Starts `node bin/ferry.js web --port 0` and reads the URL it prints on stdout. */
-export function startWeb(home: string): Promise<WebProcess> {
+/**
+ * Starts `node bin/ferry.js web --port 0` and reads the URL it prints on stdout. `env` adds to (or
+ * overrides) the test's environment, e.g. a HOME of its own so nothing touches the user's ~/.ssh.
+ */
+export function startWeb(home: string, env: Record<string, string> = {}): Promise<WebProcess> {
   const child = spawn(process.execPath, [path.join(REPO, 'bin', 'ferry.js'), 'web', '--port', '0'], {
-    env: { ...process.env, FERRY_HOME: home },
+    env: { ...process.env, ...env, FERRY_HOME: home },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';

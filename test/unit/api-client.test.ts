@@ -28,8 +28,14 @@ const HOST: HostSummary = {
   portBase: 40000,
   vmDir: '/tmp/lab/shared',
   netns: null,
+  uri: null,
+  lab: true,
+  sshKey: null,
   vmCount: 1,
   runningCount: 1,
+  connected: true,
+  connectionError: null,
+  warning: null,
 };
 
 class StubService implements WebService {
@@ -42,6 +48,11 @@ class StubService implements WebService {
         return [{ not: 'a queue entry' }]; // drifted engine: the client must notice
       case 'removeHost':
         throw new FerryError('unknown-host', 'no host named "zz"', 'see: ferry host list');
+      case 'addLibvirtHost':
+        throw new FerryError('host-key-unknown', 'the host key of kvm1 is not known', undefined, {
+          fingerprint: FINGERPRINT,
+          keyType: 'ssh-ed25519',
+        });
       default:
         return null;
     }
@@ -54,6 +65,8 @@ class StubService implements WebService {
     for (const l of this.listeners) l(e);
   }
 }
+
+const FINGERPRINT = 'SHA256:' + 'b'.repeat(43);
 
 const nodeSocket: SocketFactory = (url) => new WebSocket(url) as unknown as ReturnType<SocketFactory>;
 
@@ -121,6 +134,24 @@ describe('createWsClient (web mode)', () => {
       hint: 'see: ferry host list',
     });
     expect(errorText(err)).toBe('no host named "zz" — see: ferry host list');
+  });
+
+  it('carries an error’s details (an unknown host key’s fingerprint)', async () => {
+    server = await startWebServer({
+      port: 0,
+      host: '127.0.0.1',
+      service: new StubService(),
+      staticDir: '/x',
+    });
+    client = createWsClient({ url: url(server), socket: nodeSocket });
+    const err = await client
+      .call('addLibvirtHost', { name: 'kvm1', uri: 'qemu+ssh://root@kvm1/system' })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ApiCallError);
+    expect(err).toMatchObject({
+      code: 'host-key-unknown',
+      details: { fingerprint: FINGERPRINT, keyType: 'ssh-ed25519' },
+    });
   });
 
   it('delivers server events to every subscriber until it unsubscribes', async () => {
@@ -214,5 +245,13 @@ describe('bridgeClient (desktop)', () => {
     expect(err).toBeInstanceOf(ApiCallError);
     expect(err).toMatchObject({ code: 'vm-running', message: 'demo is running' });
     expect(toApiCallError(new Error('boom'))).toMatchObject({ code: 'internal', message: 'boom' });
+    // What electron/ipc.ts sends for a FerryError (its toJSON), details included.
+    const unknownKey = new FerryError('host-key-unknown', 'the host key of kvm1 is not known', undefined, {
+      fingerprint: FINGERPRINT,
+    }).toJSON();
+    const keyErr = await bridgeClient(fakeBridge(null, unknownKey))
+      .call('addLibvirtHost', { name: 'kvm1', uri: 'qemu+ssh://root@kvm1/system' })
+      .catch((e: unknown) => e);
+    expect(keyErr).toMatchObject({ code: 'host-key-unknown', details: { fingerprint: FINGERPRINT } });
   });
 });

@@ -54,8 +54,14 @@ function host(name: string, vmCount = 0): HostSummary {
     portBase: 40000,
     vmDir: '/tmp/lab/shared',
     netns: null,
+    uri: null,
+    lab: true,
+    sshKey: null,
     vmCount,
     runningCount: vmCount,
+    connected: true,
+    connectionError: null,
+    warning: null,
   };
 }
 

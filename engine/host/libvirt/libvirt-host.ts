@@ -20,7 +20,14 @@ import {
 } from '../../api/index.js';
 import type { DomainRef, LibvirtClient } from '../../libvirt/client.js';
 import { LibvirtError } from '../../libvirt/client.js';
-import type { HostDriver, SerialChunk, StopOptions } from '../driver.js';
+import type {
+  DiskJob,
+  FileIdentity,
+  HostDriver,
+  SerialChunk,
+  StopOptions,
+  StorageMoveResult,
+} from '../driver.js';
 import { labGuestImage, readJson, withLock, writeJsonAtomic } from '../store.js';
 import { libvirtConnection, type ConnectionStatus } from './connection.js';
 import {
@@ -30,7 +37,8 @@ import {
   parseDomainXml,
   type DomainDescription,
 } from './domain-xml.js';
-import { LibvirtMigrationUnsupported } from './migration.js';
+import { LibvirtMigrationDriver } from './migration.js';
+import { LibvirtStorageMoves } from './storage-move.js';
 
 /** virDomainState */
 const STATE = {
@@ -109,14 +117,20 @@ export function versionString(v: number): string {
   return `${Math.floor(v / 1e6)}.${Math.floor((v % 1e6) / 1e3)}.${v % 1e3}`;
 }
 
-export class LibvirtHost extends LibvirtMigrationUnsupported implements HostDriver {
+export class LibvirtHost extends LibvirtMigrationDriver implements HostDriver {
   readonly name: string;
+  private readonly storageMoves: LibvirtStorageMoves;
   /** When Ferry saw each domain start (libvirt keeps no start time); uptime is unknown otherwise. */
   private static readonly startedAt = new Map<string, string>();
 
   constructor(readonly record: HostRecord) {
     super(record.name);
     this.name = record.name;
+    this.storageMoves = new LibvirtStorageMoves(
+      record.name,
+      () => this.client(),
+      (c, name) => this.lookup(c, name),
+    );
   }
 
   /** The open connection to the host's libvirtd. */
@@ -462,5 +476,30 @@ export class LibvirtHost extends LibvirtMigrationUnsupported implements HostDriv
       return { text: '', next: from };
     }
     return { text: buf.subarray(from).toString('utf8'), next: buf.length };
+  }
+
+  // ---- storage-only moves on this host and their pre-flight (storage-move.ts) ------------------
+
+  startStorageMove(
+    name: string,
+    targets: { id: string; path: string }[],
+    speedMiBs: number | null,
+  ): Promise<void> {
+    return this.storageMoves.startStorageMove(name, targets, speedMiBs);
+  }
+  storageMoveJobs(name: string): Promise<DiskJob[]> {
+    return this.storageMoves.storageMoveJobs(name);
+  }
+  completeStorageMove(name: string): Promise<StorageMoveResult> {
+    return this.storageMoves.completeStorageMove(name);
+  }
+  abortStorageMove(name: string): Promise<void> {
+    return this.storageMoves.abortStorageMove(name);
+  }
+  freeSpace(dirs: string[]): Promise<{ dir: string; freeBytes: number }[]> {
+    return this.storageMoves.freeSpace(dirs);
+  }
+  statFiles(paths: string[]): Promise<FileIdentity[]> {
+    return this.storageMoves.statFiles(paths);
   }
 }

@@ -1,9 +1,11 @@
-// Moves between libvirt hosts go through libvirt's own migration protocol (Begin, Prepare, Perform,
-// Finish, Confirm on the daemons), not through Ferry's QEMU-level steps; until Ferry drives that
-// protocol, every migration step of a libvirt host refuses with the same clear reason, and the
-// pre-flight says so before anything starts.
+// The migration half of a libvirt host's driver table. Moves between two libvirt hosts go through
+// libvirt's own migration protocol (Begin, Prepare, Perform, Finish, Confirm on the daemons, driven by
+// engine/migration/libvirt-migration.ts), not through Ferry's QEMU-level steps: those steps refuse with
+// the same clear reason, and the pre-flight says so before anything starts. Storage-only moves on the
+// host and the file checks of their pre-flight are the host's own (storage-move.ts): subclasses
+// implement them.
 import { FerryError } from '../../api/index.js';
-import type { MigrationDriver } from '../driver.js';
+import type { DiskJob, FileIdentity, MigrationDriver, StorageMoveResult } from '../driver.js';
 
 export const LIBVIRT_MOVES_UNSUPPORTED =
   'moving VMs of libvirt hosts is not available in this version of Ferry yet; virsh migrate can move them meanwhile';
@@ -12,7 +14,7 @@ function refuse(): never {
   throw new FerryError('not-supported', LIBVIRT_MOVES_UNSUPPORTED);
 }
 
-export class LibvirtMigrationUnsupported implements MigrationDriver {
+export abstract class LibvirtMigrationDriver implements MigrationDriver {
   constructor(readonly hostName: string) {}
 
   beginOutgoing = refuse;
@@ -29,19 +31,25 @@ export class LibvirtMigrationUnsupported implements MigrationDriver {
   diskJobs = refuse;
   finishDiskMirror = refuse;
   abortDiskMirror = refuse;
-  startStorageMove = refuse;
-  storageMoveJobs = refuse;
-  completeStorageMove = refuse;
-  abortStorageMove = refuse;
-  freeSpace = refuse;
   prepareIncoming = refuse;
   incomingRunState = refuse;
   storageHandle = refuse;
   finishIncoming = refuse;
   announce = refuse;
   abortIncoming = refuse;
-  statFiles = refuse;
   writeMarker = refuse;
   readMarker = refuse;
   removeFile = refuse;
+
+  // storage-only moves on this host (R4), and the file checks of their pre-flight
+  abstract startStorageMove(
+    name: string,
+    targets: { id: string; path: string }[],
+    speedMiBs: number | null,
+  ): Promise<void>;
+  abstract storageMoveJobs(name: string): Promise<DiskJob[]>;
+  abstract completeStorageMove(name: string): Promise<StorageMoveResult>;
+  abstract abortStorageMove(name: string): Promise<void>;
+  abstract freeSpace(dirs: string[]): Promise<{ dir: string; freeBytes: number }[]>;
+  abstract statFiles(paths: string[]): Promise<FileIdentity[]>;
 }

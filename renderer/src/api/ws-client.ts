@@ -9,7 +9,7 @@ import {
   type Output,
   type ServerEvent,
 } from '../../../engine/api/index.js';
-import { ApiCallError } from './errors.js';
+import { ApiCallError, fromApiError } from './errors.js';
 import { checkOutput } from './validate.js';
 
 /** Mirrors engine/web/server.ts: the server closes with this code when the token is missing or wrong. */
@@ -109,7 +109,7 @@ export function createWsClient(opts: WsClientOptions): WsApiClient {
       } catch (err) {
         p.reject(err as Error);
       }
-    } else p.reject(new ApiCallError(f.error.code, f.error.message, f.error.hint));
+    } else p.reject(fromApiError(f.error));
   };
 
   const connect = (): void => {

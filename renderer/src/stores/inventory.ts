@@ -3,9 +3,39 @@
 // other Ferry processes (the CLI) that send no events here.
 import { defineStore } from 'pinia';
 import { computed, ref } from 'vue';
-import type { HostSummary, SetupStatus, VmAction, VmSummary } from '../../../engine/api/index.js';
+import type {
+  HostRecord,
+  HostSummary,
+  Input,
+  SetupStatus,
+  VmAction,
+  VmSummary,
+} from '../../../engine/api/index.js';
 import { apiClient } from '../api/index.js';
 import { errorText } from '../api/errors.js';
+
+/** Coalesces: a run asked for while one is going triggers exactly one more afterwards. */
+function coalesced(run: () => Promise<void>): () => Promise<void> {
+  let inFlight: Promise<void> | null = null;
+  let again = false;
+  return () => {
+    if (inFlight) {
+      again = true;
+      return inFlight;
+    }
+    inFlight = (async () => {
+      try {
+        do {
+          again = false;
+          await run();
+        } while (again);
+      } finally {
+        inFlight = null;
+      }
+    })();
+    return inFlight;
+  };
+}
 
 export const useInventoryStore = defineStore('inventory', () => {
   const setup = ref<SetupStatus | null>(null);
@@ -19,52 +49,49 @@ export const useInventoryStore = defineStore('inventory', () => {
   const busy = ref<Record<string, VmAction>>({});
   /** A host-level operation in progress (lab up, add host, …), with what it is doing. */
   const working = ref<string | null>(null);
+  /** Hosts whose connection is being opened again (Reconnect). */
+  const reconnecting = ref<Record<string, true>>({});
 
   const hostVms = computed(() => vms.value.filter((v) => v.host === selectedHost.value));
-  const currentVm = computed(() => vms.value.find((v) => v.name === selectedVm.value) ?? null);
   const currentHost = computed(() => hosts.value.find((h) => h.name === selectedHost.value) ?? null);
+  /** The selected VM, while its host is connected (a disconnected host's VMs cannot be acted on). */
+  const currentVm = computed(() =>
+    currentHost.value?.connected === false
+      ? null
+      : (vms.value.find((v) => v.name === selectedVm.value) ?? null),
+  );
 
-  let inFlight: Promise<void> | null = null;
-  let again = false;
-
-  async function load(): Promise<void> {
-    const api = apiClient();
-    const [s, h, v] = await Promise.all([
-      api.call('setupStatus', {}),
-      api.call('listHosts', {}),
-      api.call('listVms', {}),
-    ]);
-    setup.value = s;
+  async function loadHosts(): Promise<void> {
+    const h = await apiClient().call('listHosts', {});
     hosts.value = h;
-    vms.value = v;
     loaded.value = true;
-    error.value = null;
-    if (!h.some((x) => x.name === selectedHost.value)) selectedHost.value = h[0]?.name ?? null;
-    // A selected VM that moved away stays selected only while it is on the shown host.
-    if (selectedVm.value && !v.some((x) => x.name === selectedVm.value && x.host === selectedHost.value)) {
-      selectedVm.value = null;
-    }
+    const names = h.map((x) => x.name);
+    if (!names.includes(selectedHost.value ?? '')) selectedHost.value = names[0] ?? null;
   }
 
-  /** Coalesces: a refresh asked for while one runs triggers exactly one more afterwards. */
-  function refresh(): Promise<void> {
-    if (inFlight) {
-      again = true;
-      return inFlight;
-    }
-    inFlight = (async () => {
-      try {
-        do {
-          again = false;
-          await load();
-        } while (again);
-      } catch (err) {
-        error.value = errorText(err);
-      } finally {
-        inFlight = null;
-      }
-    })();
-    return inFlight;
+  async function loadVms(): Promise<void> {
+    const v = await apiClient().call('listVms', {});
+    vms.value = v;
+    // A selected VM that moved away stays selected only while it is on the shown host.
+    const sel = selectedVm.value;
+    if (sel && !v.some((x) => x.name === sel && x.host === selectedHost.value)) selectedVm.value = null;
+  }
+
+  async function loadSetup(): Promise<void> {
+    setup.value = await apiClient().call('setupStatus', {});
+  }
+
+  // Each list is read and coalesced on its own: while the VMs of a server that just went away take
+  // long to answer (or fail), the host list keeps being read and shows that host as disconnected.
+  const refreshHosts = coalesced(loadHosts);
+  const refreshVms = coalesced(loadVms);
+  const refreshSetup = coalesced(loadSetup);
+
+  /** Reads hosts, VMs and the setup status again; keeps what it showed and reports the first error. */
+  async function refresh(): Promise<void> {
+    const results = await Promise.allSettled([refreshSetup(), refreshHosts(), refreshVms()]);
+    const failed = results.find((r) => r.status === 'rejected');
+    error.value = failed ? errorText(failed.reason) : null;
   }
 
   function selectHost(name: string | null): void {
@@ -106,6 +133,27 @@ export const useInventoryStore = defineStore('inventory', () => {
     hostOperation('Creating the lab…', () => apiClient().call('labUp', { hosts: 2, withVm }));
   const labDown = () => hostOperation('Removing the lab…', () => apiClient().call('labDown', {}));
 
+  /** "Connect to Server…": adds the libvirt host and shows it. Errors (an unknown host key…) are thrown. */
+  async function addLibvirtHost(input: Input<'addLibvirtHost'>): Promise<HostRecord> {
+    const rec = await hostOperation(`Connecting to ${input.name}…`, () =>
+      apiClient().call('addLibvirtHost', input),
+    );
+    selectHost(rec.name);
+    return rec;
+  }
+
+  /** Opens a host's connection again; the host list shows the outcome, errors are thrown for a toast. */
+  async function reconnectHost(host: string): Promise<HostSummary> {
+    reconnecting.value = { ...reconnecting.value, [host]: true };
+    try {
+      return await apiClient().call('reconnectHost', { host });
+    } finally {
+      const { [host]: _done, ...rest } = reconnecting.value;
+      reconnecting.value = rest;
+      await refresh();
+    }
+  }
+
   return {
     setup,
     hosts,
@@ -116,6 +164,7 @@ export const useInventoryStore = defineStore('inventory', () => {
     error,
     busy,
     working,
+    reconnecting,
     hostVms,
     currentVm,
     currentHost,
@@ -127,5 +176,7 @@ export const useInventoryStore = defineStore('inventory', () => {
     removeHost,
     labUp,
     labDown,
+    addLibvirtHost,
+    reconnectHost,
   };
 });

@@ -38,6 +38,8 @@ export const useUiStore = defineStore('ui', () => {
   const settingsHost = ref<string | null>(null);
   /** The move whose progress view is open. */
   const progressId = ref<string | null>(null);
+  /** "Connect to Server…" is open. */
+  const connectOpen = ref(false);
 
   function applyTheme(t: Theme): void {
     if (typeof document !== 'undefined') document.documentElement.classList.toggle(DARK_CLASS, t === 'dark');
@@ -59,6 +61,7 @@ export const useUiStore = defineStore('ui', () => {
     wizardVm,
     settingsHost,
     progressId,
+    connectOpen,
     toggleTheme,
     openWizard: (vm: string) => (wizardVm.value = vm),
     closeWizard: () => (wizardVm.value = null),
@@ -66,5 +69,7 @@ export const useUiStore = defineStore('ui', () => {
     closeSettings: () => (settingsHost.value = null),
     openProgress: (id: string) => (progressId.value = id),
     closeProgress: () => (progressId.value = null),
+    openConnect: () => (connectOpen.value = true),
+    closeConnect: () => (connectOpen.value = false),
   };
 });

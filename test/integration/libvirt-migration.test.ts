@@ -1,0 +1,258 @@
+// Moves between two libvirt hosts of the libvirt lab, through the CLI, on real libvirtd 9.0 daemons and
+// real QEMU: the six phases in order over libvirt's Begin/Prepare/Perform/Finish/Confirm (as the
+// daemons' own logs show), encrypted by default (a capture of the link holds none of the guest's
+// memory in the clear; the same move with encryption off does), the options, cancel, and the
+// refusal of a move between a libvirt host and one of Ferry's own.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MigrationEvent, Summary } from '../../engine/api/index.js';
+import { Inventory } from '../../engine/host/inventory.js';
+import { parseLabGuestSerial } from '../../engine/host/lab-guest.js';
+import { libvirtLabMachines, stopLibvirtLab, type LibvirtLabMachine } from '../../engine/host/libvirt/lab.js';
+import { ferry, tempHome, waitFor } from '../helpers.js';
+import { isRoot, moveEvents, phaseTrail, sh, virsh } from '../libvirt-support.js';
+
+const ALL_PHASES = '1+ 1- 2+ 2- 3+ 3- 4+ 4- 5+ 5- 6+ 6-';
+/** Bytes of the lab guest's kernel, which lives in guest memory: a move in the clear carries them. */
+const MARKER = Buffer.from('FERRY-GUEST hb pass=');
+
+describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () => {
+  let home: string;
+  let lab1: LibvirtLabMachine;
+  let lab2: LibvirtLabMachine;
+
+  const summaryOf = (events: MigrationEvent[]): Summary => {
+    const s = events.at(-1);
+    if (!s || s.type !== 'summary') throw new Error(`no summary in ${JSON.stringify(events.slice(-3))}`);
+    return s;
+  };
+  const serial = async (vm: string): Promise<ReturnType<typeof parseLabGuestSerial>> =>
+    parseLabGuestSerial((await ferry(home, ['vm', 'serial', vm])).stdout);
+  /** The guest keeps running with its memory intact: new heartbeats, no errors. */
+  const stillBeating = async (vm: string): Promise<void> => {
+    const before = (await serial(vm)).heartbeats.at(-1)?.pass ?? 0;
+    const r = await waitFor(`${vm} to beat again`, async () => {
+      const rep = await serial(vm);
+      return (rep.heartbeats.at(-1)?.pass ?? 0) > before ? rep : null;
+    });
+    expect(r.mismatches).toEqual([]);
+    expect(r.heartbeats.at(-1)!.errors).toBe(0);
+    expect(r.boots).toBe(1);
+  };
+  const domains = async (m: LibvirtLabMachine): Promise<string[]> =>
+    (await virsh(m.uris.tcp, 'list', '--all', '--name')).split('\n').filter(Boolean);
+
+  beforeAll(async () => {
+    home = tempHome('libvirt-move');
+    const up = await ferry(home, ['lab', 'up', '--libvirt', '--hosts', '2']);
+    expect(up.code, up.stderr).toBe(0);
+    [lab1, lab2] = (await libvirtLabMachines(home)) as [LibvirtLabMachine, LibvirtLabMachine];
+    const create = await ferry(home, [
+      'vm',
+      'create',
+      'mv',
+      '--host',
+      'lab1',
+      '--memory',
+      '256',
+      '--lab-guest',
+      '--working-set',
+      '16',
+      '--dirty-rate',
+      '10',
+    ]);
+    expect(create.code, create.stderr).toBe(0);
+    expect((await ferry(home, ['vm', 'start', 'mv'])).code).toBe(0);
+    await waitFor('the first heartbeat', async () => (await serial('mv')).heartbeats.length > 0);
+  });
+
+  afterAll(async () => {
+    if (!home) return;
+    await ferry(home, ['lab', 'down']);
+    await stopLibvirtLab(home).catch(() => undefined);
+  });
+
+  it('moves a running VM lab1 → lab2 in six phases over Begin/Prepare/Perform/Finish/Confirm, encrypted', async () => {
+    // Capture everything that crosses lab2's link while the move runs.
+    const pcap = path.join(home, 'encrypted.pcap');
+    const capture = await startCapture(lab2, pcap);
+    // QEMU's own migration parameters name TLS credentials while the move runs.
+    let sawTls = false;
+    let moving = true;
+    const watchTls = (async () => {
+      while (moving && !sawTls) {
+        const r = await sh('virsh', [
+          '-c',
+          lab1.uris.tcp,
+          'qemu-monitor-command',
+          'mv',
+          '--hmp',
+          'info migrate_parameters',
+        ]);
+        if (/tls-creds: \S+/.test(r.stdout) && !/tls-creds: ''/.test(r.stdout)) sawTls = true;
+        await sleep(50);
+      }
+    })();
+    const r = await ferry(home, ['move', 'mv', '--to', 'lab2', '--bandwidth', '20', '--json']);
+    moving = false;
+    await watchTls;
+    await stopCapture(capture);
+    expect(r.code, r.stderr).toBe(0);
+    const events = moveEvents(r.stdout);
+    const s = summaryOf(events);
+    expect(s.status, s.reason ?? '').toBe('completed');
+    expect(phaseTrail(events)).toBe(ALL_PHASES);
+    expect(s.options?.encrypted).toBe(true);
+    expect(s.downtimeMs).not.toBeNull();
+    expect(s.bytes).toBeGreaterThan(0);
+    // Live figures during Perform, in phases 2 and 3 only.
+    const samples = events.flatMap((e) => (e.type === 'sample' ? [e.sample] : []));
+    expect(samples.length).toBeGreaterThan(1);
+    expect(samples.every((x) => x.phase === 2 || x.phase === 3)).toBe(true);
+    expect(samples.some((x) => x.bytesSent > 0 && x.totalBytes > 0)).toBe(true);
+    expect(sawTls).toBe(true);
+
+    // Hyper-V's outcome: defined and running on the destination, gone from the source.
+    expect(await virsh(lab2.uris.tcp, 'domstate', 'mv')).toBe('running');
+    expect(await virsh(lab2.uris.tcp, 'dominfo', 'mv')).toMatch(/Persistent:\s+yes/);
+    expect(await domains(lab1)).not.toContain('mv');
+    const list = JSON.parse((await ferry(home, ['vm', 'list', '--json'])).stdout) as {
+      name: string;
+      host: string;
+    }[];
+    expect(list.find((v) => v.name === 'mv')?.host).toBe('lab2');
+    await stillBeating('mv');
+
+    // The daemons ran libvirt's five steps in this order (from their own debug logs).
+    const log = (m: LibvirtLabMachine): string =>
+      fs.readFileSync(path.join(m.dir, 'var/log/libvirt/libvirtd.log'), 'utf8');
+    const at = (text: string, fn: string): number => text.indexOf(fn);
+    const src = log(lab1);
+    const dst = log(lab2);
+    for (const fn of ['qemuMigrationSrcBegin', 'qemuMigrationSrcPerform', 'qemuMigrationSrcConfirm'])
+      expect(at(src, fn), fn).toBeGreaterThanOrEqual(0);
+    expect(at(src, 'qemuMigrationSrcBegin')).toBeLessThan(at(src, 'qemuMigrationSrcPerform'));
+    expect(at(src, 'qemuMigrationSrcPerform')).toBeLessThan(at(src, 'qemuMigrationSrcConfirm'));
+    expect(at(dst, 'qemuMigrationDstPrepare')).toBeGreaterThanOrEqual(0);
+    expect(at(dst, 'qemuMigrationDstPrepare')).toBeLessThan(at(dst, 'qemuMigrationDstFinish'));
+    // Ferry issued each step itself: no peer-to-peer call from one daemon to the other.
+    expect(src).not.toMatch(/qemuMigrationSrcPerformPeer2Peer/);
+
+    // Nothing the guest holds in memory crossed the link in the clear.
+    const bytes = fs.readFileSync(pcap);
+    expect(bytes.length).toBeGreaterThan(1_000_000);
+    expect(bytes.includes(MARKER)).toBe(false);
+  });
+
+  it('with encryption off the same move carries the guest memory in the clear (the capture can see it)', async () => {
+    for (const h of ['lab1', 'lab2'])
+      expect((await ferry(home, ['host', 'settings', h, '--set', 'encryption=off'])).code).toBe(0);
+    const pcap = path.join(home, 'clear.pcap');
+    const capture = await startCapture(lab2, pcap);
+    const r = await ferry(home, ['move', 'mv', '--to', 'lab1', '--json']);
+    await stopCapture(capture);
+    const events = moveEvents(r.stdout);
+    expect(summaryOf(events).status).toBe('completed');
+    expect(summaryOf(events).options?.encrypted).toBe(false);
+    expect(
+      events.some((e) => e.type === 'log' && e.level === 'warn' && /encryption is off/.test(e.message)),
+    ).toBe(true);
+    expect(fs.readFileSync(pcap).includes(MARKER)).toBe(true);
+    for (const h of ['lab1', 'lab2'])
+      expect((await ferry(home, ['host', 'settings', h, '--set', 'encryption=required'])).code).toBe(0);
+    await stillBeating('mv');
+  });
+
+  it('moves with each performance option; Compression falls back to xbzrle with a warning on libvirt 9.0', async () => {
+    const check = JSON.parse(
+      (await ferry(home, ['move', 'mv', '--to', 'lab2', '--performance', 'compression', '--check', '--json']))
+        .stdout,
+    ) as { errors: unknown[]; warnings: { code: string; message: string }[] };
+    expect(check.errors).toEqual([]);
+    expect(check.warnings.map((w) => w.code)).toContain('compression-xbzrle');
+    let from = 'lab1';
+    for (const performance of ['compression', 'multichannel', 'tcp']) {
+      const to = from === 'lab1' ? 'lab2' : 'lab1';
+      const r = await ferry(home, ['move', 'mv', '--to', to, '--performance', performance, '--json']);
+      const events = moveEvents(r.stdout);
+      const s = summaryOf(events);
+      expect(s.status, `${performance}: ${s.reason}`).toBe('completed');
+      expect(phaseTrail(events)).toBe(ALL_PHASES);
+      expect(s.options?.performance).toBe(performance);
+      if (performance === 'compression') expect(s.options?.compression).toBe('xbzrle');
+      expect(await virsh(to === 'lab1' ? lab1.uris.tcp : lab2.uris.tcp, 'domstate', 'mv')).toBe('running');
+      await stillBeating('mv');
+      from = to;
+    }
+    if (from === 'lab1') {
+      const back = await ferry(home, ['move', 'mv', '--to', 'lab2', '--json']);
+      expect(summaryOf(moveEvents(back.stdout)).status).toBe('completed');
+    }
+  });
+
+  it('a move cancelled in phase 2 leaves the VM running on the source and nothing on the destination', async () => {
+    // 1 MiB/s: the first pass alone takes seconds, time enough to cancel from another process.
+    const child = spawnMove(home, ['move', 'mv', '--to', 'lab1', '--bandwidth', '1', '--json']);
+    const started = await waitFor('phase 2', async () =>
+      child.events().find((e) => e.type === 'phase' && e.phase === 2 && e.state === 'started'),
+    );
+    const cancel = await ferry(home, ['cancel', started.id]);
+    expect(cancel.code, cancel.stderr).toBe(0);
+    const events = await child.done;
+    const s = summaryOf(events);
+    expect(s.status).toBe('cancelled');
+    expect(await virsh(lab2.uris.tcp, 'domstate', 'mv')).toBe('running');
+    expect(await domains(lab1)).not.toContain('mv');
+    await stillBeating('mv');
+  });
+
+  it('refuses a move between a libvirt host and one of Ferry’s own hosts before anything changes', async () => {
+    await new Inventory(home).addLocalHost('local');
+    const r = await ferry(home, ['move', 'mv', '--to', 'local', '--check', '--json']);
+    expect(r.code).toBe(2);
+    const report = JSON.parse(r.stdout) as { errors: { code: string; message: string }[] };
+    expect(report.errors.map((e) => e.code)).toEqual(['mixed-host-kinds']);
+    expect(report.errors[0]!.message).toMatch(/same kind/);
+    expect(await virsh(lab2.uris.tcp, 'domstate', 'mv')).toBe('running');
+    expect((await ferry(home, ['host', 'remove', 'local'])).code).toBe(0);
+  });
+});
+
+/** tcpdump on a lab machine's link (inside its network namespace). */
+async function startCapture(m: LibvirtLabMachine, file: string): Promise<ChildProcess> {
+  const child = spawn(
+    'ip',
+    ['netns', 'exec', m.netns, 'tcpdump', '-i', 'eth0', '-s', '0', '-U', '-w', file, 'tcp'],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let err = '';
+  child.stderr?.on('data', (c: Buffer) => (err += c.toString()));
+  await waitFor(`tcpdump on ${m.hostname}`, async () => /listening on/.test(err) || null, 10_000, 50);
+  return child;
+}
+
+async function stopCapture(child: ChildProcess): Promise<void> {
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGINT');
+  await exited;
+}
+
+/** `ferry move --json` in the background, its events readable while it runs. */
+function spawnMove(
+  home: string,
+  args: string[],
+): { events: () => MigrationEvent[]; done: Promise<MigrationEvent[]> } {
+  const child = spawn(process.execPath, [path.resolve('bin/ferry.js'), ...args], {
+    env: { ...process.env, FERRY_HOME: home },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  const done = new Promise<MigrationEvent[]>((resolve) => child.once('exit', () => resolve(moveEvents(out))));
+  return { events: () => moveEvents(out.slice(0, out.lastIndexOf('\n') + 1)), done };
+}
