@@ -209,6 +209,46 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
     await stillBeating('mv');
   });
 
+  it('drains a libvirt host within its limit of one live migration at a time: the others queue', async () => {
+    for (const vm of ['d1', 'd2']) {
+      const c = await ferry(home, [
+        'vm',
+        'create',
+        vm,
+        '--host',
+        'lab2',
+        '--memory',
+        '128',
+        '--lab-guest',
+        '--working-set',
+        '8',
+        '--dirty-rate',
+        '5',
+      ]);
+      expect(c.code, c.stderr).toBe(0);
+      expect((await ferry(home, ['vm', 'start', vm])).code).toBe(0);
+    }
+    expect((await ferry(home, ['host', 'settings', 'lab2', '--set', 'maxLiveMigrations=1'])).code).toBe(0);
+    const r = await ferry(home, ['host', 'drain', 'lab2', '--to', 'lab1', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as {
+      plan: { vm: string; mode: string }[];
+      results: { id: string; status: string }[];
+    };
+    expect(out.plan.map((p) => `${p.vm}:${p.mode}`).sort()).toEqual(['d1:shared', 'd2:shared', 'mv:shared']);
+    expect(out.results.map((s) => s.status)).toEqual(['completed', 'completed', 'completed']);
+    // With one slot on lab2, two of the three moves waited in the queue first.
+    const history = JSON.parse((await ferry(home, ['migrations', '--json'])).stdout) as {
+      id: string;
+      events: { type: string }[];
+    }[];
+    const mine = history.filter((h) => out.results.some((s) => s.id === h.id));
+    expect(mine.filter((h) => h.events.some((e) => e.type === 'queued')).length).toBe(2);
+    expect(await domains(lab2)).toEqual([]);
+    for (const vm of ['mv', 'd1', 'd2']) expect(await virsh(lab1.uris.tcp, 'domstate', vm)).toBe('running');
+    await stillBeating('d2');
+  });
+
   it('refuses a move between a libvirt host and one of Ferry’s own hosts before anything changes', async () => {
     await new Inventory(home).addLocalHost('local');
     const r = await ferry(home, ['move', 'mv', '--to', 'local', '--check', '--json']);
@@ -216,7 +256,7 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
     const report = JSON.parse(r.stdout) as { errors: { code: string; message: string }[] };
     expect(report.errors.map((e) => e.code)).toEqual(['mixed-host-kinds']);
     expect(report.errors[0]!.message).toMatch(/same kind/);
-    expect(await virsh(lab2.uris.tcp, 'domstate', 'mv')).toBe('running');
+    expect(await virsh(lab1.uris.tcp, 'domstate', 'mv')).toBe('running');
     expect((await ferry(home, ['host', 'remove', 'local'])).code).toBe(0);
   });
 });
