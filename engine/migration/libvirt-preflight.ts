@@ -7,7 +7,7 @@ import type { CheckItem, MoveOptions, MoveRequestParsed, VmConfig } from '../api
 import type { LibvirtClient, TypedParam } from '../libvirt/client.js';
 import { MigrateFlags } from '../libvirt/protocol.js';
 import { LibvirtHost } from '../host/libvirt/libvirt-host.js';
-import { migrationTlsReady, proveSharedFolder, statFile } from '../host/libvirt/storage.js';
+import { migrationTlsReady, parseDomainDisks, proveSharedFolder, statFile } from '../host/libvirt/storage.js';
 import { judge, resolveOptions, type HostView, type Prepared } from './preflight.js';
 
 /** One disk copied to the destination in a shared-nothing move. */
@@ -62,8 +62,17 @@ export async function libvirtMovePreflight(
   dest: LibvirtHost,
 ): Promise<Prepared & { libvirt: LibvirtMovePlan }> {
   const [src, dst] = await Promise.all([source.client(), dest.client()]);
+  // The probes that touch storage run beside the gathering of facts: each is a few round trips.
+  const tlsProbe = Promise.all([migrationTlsReady(src), migrationTlsReady(dst)]);
+  void tlsProbe.catch(() => undefined);
+  const vmP = source.vmConfig(request.vm);
+  const proofs = vmP.then((v) => {
+    const dirs = [...new Set(v.disks.map((k) => path.dirname(k.path)))];
+    return Promise.all(dirs.map(async (dir) => [dir, await proveSharedFolder(src, dst, dir)] as const));
+  });
+  void proofs.catch(() => undefined);
   const [vm, info, sFacts, dFacts, sSettings, dSettings, destHasVm] = await Promise.all([
-    source.vmConfig(request.vm),
+    vmP,
     source.vmInfo(request.vm),
     source.facts(),
     dest.facts(),
@@ -111,14 +120,15 @@ export async function libvirtMovePreflight(
   // Shared storage: each disk's folder, seen by both daemons as the same folder (a marker made
   // through one and found through the other) — wherever the disks are, no Ferry configuration needed.
   const sharedStorage: { id: string; path: string; inRoots: boolean; sameFile: boolean; why: string }[] = [];
-  const proven = new Map<string, { shared: boolean; why: string }>();
+  const proven = new Map(await proofs);
   for (const disk of vm.disks) {
-    const dir = path.dirname(disk.path);
-    if (!proven.has(dir)) proven.set(dir, await proveSharedFolder(src, dst, dir));
-    const p = proven.get(dir)!;
+    const p = proven.get(path.dirname(disk.path))!;
     sharedStorage.push({ id: disk.id, path: disk.path, inRoots: true, sameFile: p.shared, why: p.why });
   }
 
+  // A host block device given to the guest (<disk type='block'>) is a pass-through disk; a file that
+  // merely lies under /dev (a tmpfs such as /dev/shm) is not.
+  const liveDisks = parseDomainDisks(await src.domainGetXmlDesc(await src.lookupDomainByName(vm.name), 0));
   errors.push(
     ...judge({
       request,
@@ -131,7 +141,7 @@ export async function libvirtMovePreflight(
         ...options,
         performance: options.performance === 'compression' ? 'tcp' : options.performance,
       },
-      passthroughDisks: vm.disks.filter((k) => k.path.startsWith('/dev/')).map((k) => k.id),
+      passthroughDisks: liveDisks.filter((k) => k.type === 'block').map((k) => k.target),
       sharedStorage,
     }).errors,
   );
@@ -172,7 +182,7 @@ export async function libvirtMovePreflight(
       : 'when-available';
   let tls = false;
   if (setting !== 'off') {
-    const [sTls, dTls] = await Promise.all([migrationTlsReady(src), migrationTlsReady(dst)]);
+    const [sTls, dTls] = await tlsProbe;
     const missing = [
       ...sTls.missing.map((f) => `${s.name}: ${f}`),
       ...dTls.missing.map((f) => `${d.name}: ${f}`),

@@ -3,6 +3,7 @@
 import crypto from 'node:crypto';
 import path from 'node:path';
 import {
+  FerryError,
   type CheckItem,
   type HostRecord,
   type HostFacts,
@@ -358,7 +359,14 @@ export async function planDiskTargets(
     const size = vm.disks.find((d) => d.id === t.id)!.sizeBytes;
     need.set(path.dirname(t.path), (need.get(path.dirname(t.path)) ?? 0) + size);
   }
-  const free = await dest.freeSpace([...need.keys()]);
+  let free: { dir: string; freeBytes: number }[] = [];
+  try {
+    free = await dest.freeSpace([...need.keys()]);
+  } catch (err) {
+    // A folder the destination does not have (a libvirt host cannot create one for Ferry).
+    if (!(err instanceof FerryError && err.code === 'bad-input')) throw err;
+    errors.push({ code: 'no-such-folder', message: err.message });
+  }
   for (const f of free) {
     const n = need.get(f.dir)!;
     if (n > f.freeBytes) {

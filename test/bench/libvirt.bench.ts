@@ -325,6 +325,8 @@ interface FerryRound {
   startedAtMs: number;
   /** libvirt's figures for the same migration, read exactly as for virsh. */
   job: JobInfo;
+  /** Convergence steps Ferry took (raise-downtime…): virsh takes none. */
+  escalations: number;
 }
 
 async function ferryMove(lab: Lab, option: Option, eq: Equivalent): Promise<FerryRound> {
@@ -351,6 +353,7 @@ async function ferryMove(lab: Lab, option: Option, eq: Equivalent): Promise<Ferr
     summary: summary!,
     startedAtMs: started?.at ?? 0,
     job: await destJobInfo(lab, to),
+    escalations: events.filter((e) => e.type === 'escalation').length,
   };
 }
 
@@ -488,7 +491,7 @@ async function compare(scenario: string, lab: Lab): Promise<void> {
       `  rounds: virsh wall ${virsh.map((v) => v.wallMs).join('/')} ms, downtime ${virsh.map((v) => v.job.downtimeMs).join('/')} ms; ` +
         `ferry wall ${fer.map((f) => f.wallMs).join('/')} ms, summary ${fer.map((f) => f.summary.totalMs).join('/')} ms, ` +
         `downtime ${fer.map((f) => f.summary.downtimeMs).join('/')} ms (libvirt ${fer.map((f) => f.summary.qemuDowntimeMs).join('/')}), ` +
-        `passes virsh ${virsh.map((v) => v.job.passes).join('/')} ferry ${fer.map((f) => f.summary.passes).join('/')}`,
+        `passes virsh ${virsh.map((v) => v.job.passes).join('/')} ferry ${fer.map((f) => f.summary.passes).join('/')}, ferry escalations ${fer.map((f) => f.escalations).join('/')}`,
     );
   }
 }

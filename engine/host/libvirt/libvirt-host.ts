@@ -305,7 +305,19 @@ export class LibvirtHost extends LibvirtMigrationDriver implements HostDriver {
     const c = await this.client();
     const dom = await this.lookup(c, name);
     const [summary, xml] = await Promise.all([this.summary(c, dom), c.domainGetXmlDesc(dom, 0)]);
-    return { dom, d: parseDomainXml(xml), summary };
+    const d = parseDomainXml(xml);
+    // The XML names the files; their virtual sizes come from libvirt (for free-space checks). A
+    // disk libvirt cannot size (an unreachable network volume) keeps 0.
+    d.disks = await Promise.all(
+      d.disks.map(async (k) => ({
+        ...k,
+        sizeBytes: await c.domainGetBlockInfo(dom, k.id).then(
+          (b) => Number(b.capacity),
+          () => 0,
+        ),
+      })),
+    );
+    return { dom, d, summary };
   }
 
   async vmInfo(name: string): Promise<VmInfo> {

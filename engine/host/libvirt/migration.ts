@@ -8,7 +8,7 @@ import { FerryError } from '../../api/index.js';
 import type { DiskJob, FileIdentity, MigrationDriver, StorageMoveResult } from '../driver.js';
 
 export const LIBVIRT_MOVES_UNSUPPORTED =
-  'moving VMs of libvirt hosts is not available in this version of Ferry yet; virsh migrate can move them meanwhile';
+  "a libvirt host moves VMs through libvirt's own migration protocol, not through Ferry's QEMU-level steps";
 
 function refuse(): never {
   throw new FerryError('not-supported', LIBVIRT_MOVES_UNSUPPORTED);
