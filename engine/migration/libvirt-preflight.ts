@@ -206,6 +206,8 @@ export async function libvirtMovePreflight(
     });
   }
   options.encrypted = tls;
+  // Parallel connections only for Multichannel (and multifd compression): say one otherwise.
+  if (options.performance !== 'multichannel' && options.compression !== 'zstd') options.channels = 1;
 
   // Shared-nothing: where each disk goes on the destination (the same path unless told otherwise).
   const copies: DiskCopy[] = [];

@@ -135,3 +135,49 @@ export function focusIsVisible(page: Page): Promise<boolean> {
     return shows(el) || shows(box);
   });
 }
+
+/** One change of a chart's drawn point count, with the phase the stepper showed at that moment. */
+export interface ChartUpdate {
+  /** performance.now() in the page, ms. */
+  at: number;
+  points: number;
+  phase: number | null;
+}
+
+/**
+ * Records, in the page, every change of the point count a chart has drawn (the `data-points` the chart
+ * plugin leaves on its canvas, as console.test.ts reads it), from now on, whether or not the chart is on
+ * the page yet. Read them with `chartUpdates`.
+ */
+export async function recordChartUpdates(page: Page, testId: string): Promise<void> {
+  await page.evaluate((id) => {
+    const w = window as unknown as { __chartUpdates: ChartUpdate[]; __chartObserver?: MutationObserver };
+    w.__chartObserver?.disconnect();
+    w.__chartUpdates = [];
+    let last: string | null = null;
+    w.__chartObserver = new MutationObserver((records) => {
+      for (const r of records) {
+        const el = r.target as Element;
+        if (!el.closest(`[data-testid="${id}"]`)) continue;
+        const points = el.getAttribute('data-points') ?? '0';
+        if (points === last) continue;
+        last = points;
+        const current = document.querySelector('[data-testid="phase-stepper"] [aria-current="step"]');
+        w.__chartUpdates.push({
+          at: performance.now(),
+          points: Number(points),
+          phase: current ? Number(current.getAttribute('data-phase')) : null,
+        });
+      }
+    });
+    w.__chartObserver.observe(document.body, {
+      subtree: true,
+      attributes: true,
+      attributeFilter: ['data-points'],
+    });
+  }, testId);
+}
+
+export function chartUpdates(page: Page): Promise<ChartUpdate[]> {
+  return page.evaluate(() => (window as unknown as { __chartUpdates?: ChartUpdate[] }).__chartUpdates ?? []);
+}

@@ -10,6 +10,9 @@ import {
 import { outlook, passBoundaries, throughputPoints } from '../../renderer/src/model/chart-data.js';
 import { formatDuration, formatUptime } from '../../renderer/src/model/format.js';
 import {
+  ENCRYPTION_CHOICES,
+  encryptionNotApplicable,
+  FIELD_PAGE,
   formErrors,
   formFromSettings,
   formWarnings,
@@ -17,6 +20,14 @@ import {
   rdmaUnavailable,
   settingsUpdate,
 } from '../../renderer/src/model/host-settings-form.js';
+import {
+  encryptionText,
+  memoryCopyMs,
+  moveOptionsText,
+  performanceText,
+  plannedEncryptionText,
+  plannedPerformanceText,
+} from '../../renderer/src/model/move-options.js';
 import {
   buildMoveRequest,
   destinationsQuery,
@@ -199,6 +210,112 @@ describe('host settings form', () => {
     expect(changed.sort()).toEqual(['bandwidthMiBs', 'performance']);
     expect(settings).toEqual({ ...SETTINGS, performance: 'tcp', bandwidthMiBs: null });
     expect(settings.storageRoots).toEqual(['/lab/shared']);
+  });
+
+  it('edits Encryption on the Advanced Features page (default Required) and saves only that change', () => {
+    const f = formFromSettings(SETTINGS);
+    expect(f.encryption).toBe('required');
+    expect(FIELD_PAGE['encryption']).toBe('advanced');
+    expect(ENCRYPTION_CHOICES.map((c) => c.label)).toEqual(['Required', 'When available', 'Off']);
+    expect(ENCRYPTION_CHOICES[0]!.help).toMatch(/refused/);
+    const { changed, settings } = settingsUpdate({ ...f, encryption: 'when-available' }, SETTINGS);
+    expect(changed).toEqual(['encryption']);
+    expect(settings).toEqual({ ...SETTINGS, encryption: 'when-available' });
+    expect(formFromSettings({ ...SETTINGS, encryption: 'off' }).encryption).toBe('off');
+    expect(settingsUpdate(f, SETTINGS).changed).toEqual([]);
+  });
+
+  it('says Encryption does not apply to Ferry’s own hosts, and warns when a libvirt host turns it off', () => {
+    expect(encryptionNotApplicable('libvirt')).toBeNull();
+    expect(encryptionNotApplicable(null)).toBeNull(); // not known yet: shown, not greyed
+    expect(encryptionNotApplicable('lab')).toMatch(/^Does not apply to Ferry's lab hosts/);
+    expect(encryptionNotApplicable('local')).toMatch(/never cross a network/);
+    const off = { ...formFromSettings(SETTINGS), encryption: 'off' as const };
+    expect(formWarnings(off, facts, 'libvirt')).toEqual([
+      'Encryption is off: moves to and from this host send the VM’s memory and disks over the network unencrypted.',
+    ]);
+    expect(formWarnings(off, facts, 'lab')).toEqual([]);
+    expect(formWarnings(off, facts)).toEqual([]);
+  });
+
+  it('warns on a libvirt host before 9.4 that Compression will be xbzrle', () => {
+    const f = formFromSettings(SETTINGS);
+    const old = { ...facts, libvirtVersion: '9.0.0' };
+    expect(formWarnings(f, old, 'libvirt')).toEqual([
+      'libvirt 9.0.0 has no multifd compression (zlib/zstd came in libvirt 9.4): Compression will use xbzrle over one connection, and Channels are not used.',
+    ]);
+    expect(formWarnings(f, { ...facts, libvirtVersion: '10.0.0' }, 'libvirt')).toEqual([]);
+    expect(formWarnings({ ...f, performance: 'tcp' }, old, 'libvirt')).toEqual([]);
+  });
+});
+
+describe('a move’s options in the progress view, the history and the Summary', () => {
+  const options = {
+    performance: 'compression' as const,
+    channels: 4,
+    bandwidthMiBs: 10,
+    downtimeMs: 300,
+    downtimeCeilingMs: 2000,
+    convergence: 'raise-downtime' as const,
+    compression: 'xbzrle' as const,
+    encrypted: true,
+  };
+
+  it('names the compression method: xbzrle over one connection, zstd over channels', () => {
+    expect(performanceText(options)).toBe('Compression: xbzrle');
+    expect(performanceText({ ...options, compression: 'zstd' })).toBe('Compression: zstd, 4 channels');
+    expect(performanceText({ ...options, compression: null })).toBe('Compression, 4 channels');
+    expect(performanceText({ ...options, performance: 'multichannel', compression: null })).toBe(
+      'Multichannel, 4 channels',
+    );
+    expect(performanceText({ ...options, performance: 'tcp', compression: null })).toBe('TCP/IP');
+    expect(moveOptionsText(options, 'live')).toBe(
+      'Compression: xbzrle · limit 10 MiB/s · downtime target 300 ms · policy raise-downtime',
+    );
+    expect(moveOptionsText({ ...options, bandwidthMiBs: null }, 'storage')).toBe('no bandwidth limit');
+  });
+
+  it('times the memory copy over phases 2 and 3 (libvirt runs its later passes in phase 3)', () => {
+    expect(
+      memoryCopyMs([
+        { phase: 1, ms: 2500 },
+        { phase: 2, ms: 1800 },
+        { phase: 3, ms: 1800 },
+        { phase: 4, ms: 25 },
+      ]),
+    ).toBe(3600);
+    expect(memoryCopyMs([{ phase: 2, ms: null }])).toBeNull();
+  });
+
+  it('says whether the stream was encrypted, only when the move says', () => {
+    expect(encryptionText(options)).toBe('Encrypted (TLS)');
+    expect(encryptionText({ encrypted: false })).toBe('Not encrypted');
+    expect(encryptionText({})).toBeNull(); // Ferry's own hosts
+    expect(encryptionText(null)).toBeNull();
+  });
+
+  it('words the Summary’s Encryption and performance rows from the pre-flight report', () => {
+    const xbzrle = { code: 'compression-xbzrle', message: 'libvirt 9.0.0 offers no multifd compression…' };
+    expect(plannedEncryptionText(null)).toBe('checking…');
+    expect(plannedEncryptionText({ errors: [], warnings: [xbzrle] })).toBe('Encrypted (TLS)');
+    expect(
+      plannedEncryptionText({
+        errors: [],
+        warnings: [{ code: 'unencrypted', message: 'encryption is off' }],
+      }),
+    ).toBe('Not encrypted (see below)');
+    expect(
+      plannedEncryptionText({ errors: [{ code: 'encryption-unavailable', message: '…' }], warnings: [] }),
+    ).toMatch(/^Required, but migration TLS certificates are missing/);
+    expect(
+      plannedEncryptionText({ errors: [{ code: 'mixed-host-kinds', message: '…' }], warnings: [] }),
+    ).toBe('—');
+    expect(plannedPerformanceText('Compression (4 channels)', { errors: [], warnings: [xbzrle] })).toMatch(
+      /^Compression: xbzrle \(one connection/,
+    );
+    expect(plannedPerformanceText('Compression (4 channels)', { errors: [], warnings: [] })).toBe(
+      'Compression (4 channels)',
+    );
   });
 });
 

@@ -4,6 +4,7 @@ import {
   HostSettingsSchema,
   type ConvergencePolicy,
   type HostFacts,
+  type HostKind,
   type HostSettings,
   type PerformanceOption,
 } from '../../../engine/api/index.js';
@@ -21,6 +22,39 @@ export interface SettingsForm {
   downtimeCeilingMs: number | null;
   convergence: ConvergencePolicy;
   maxStorageMigrations: number | null;
+  encryption: EncryptionSetting;
+}
+
+export type EncryptionSetting = HostSettings['encryption'];
+
+/** Advanced Features → Encryption: the choices as the select lists them. */
+export const ENCRYPTION_CHOICES: { value: EncryptionSetting; label: string; help: string }[] = [
+  {
+    value: 'required',
+    label: 'Required',
+    help: 'A move without migration TLS certificates on both hosts is refused.',
+  },
+  {
+    value: 'when-available',
+    label: 'When available',
+    help: 'Encrypted when both hosts have migration TLS certificates, otherwise sent unencrypted (with a warning).',
+  },
+  { value: 'off', label: 'Off', help: 'Never encrypted: memory and disks cross the network in the clear.' },
+];
+
+/** The line under the Encryption select, before the chosen value's own help. */
+export const ENCRYPTION_EXPLAINED =
+  'Between libvirt hosts the migration stream — memory and disks — is encrypted with TLS (the stricter of the two hosts’ settings applies).';
+
+/**
+ * Why Encryption does not apply to a host (null: it does). Ferry's own hosts (this computer, the lab)
+ * all run on this machine: their moves never cross a network, so there is no stream to encrypt.
+ */
+export function encryptionNotApplicable(kind: HostKind | null): string | null {
+  if (kind === null || kind === 'libvirt') return null;
+  return kind === 'lab'
+    ? "Does not apply to Ferry's lab hosts: they are on this computer, and their moves cross only the lab's own link, never a network."
+    : "Does not apply to Ferry's own hosts: they run on this computer, and their moves never cross a network.";
 }
 
 export type SettingsPage = 'live' | 'advanced' | 'storage';
@@ -39,6 +73,7 @@ export const FIELD_PAGE: Record<string, SettingsPage> = {
   downtimeMs: 'advanced',
   downtimeCeilingMs: 'advanced',
   performance: 'advanced',
+  encryption: 'advanced',
   maxStorageMigrations: 'storage',
 };
 
@@ -56,6 +91,7 @@ export function formFromSettings(s: HostSettings): SettingsForm {
     downtimeCeilingMs: s.downtimeCeilingMs,
     convergence: s.convergence,
     maxStorageMigrations: s.maxStorageMigrations,
+    encryption: s.encryption,
   };
 }
 
@@ -119,7 +155,11 @@ export function formErrors(f: SettingsForm): FormErrors {
 }
 
 /** Allowed, but a move with these settings will be refused: say so where the choice is made. */
-export function formWarnings(f: SettingsForm, facts: HostFacts | null): string[] {
+export function formWarnings(
+  f: SettingsForm,
+  facts: HostFacts | null,
+  kind: HostKind | null = null,
+): string[] {
   const out: string[] = [];
   if (f.convergence === 'postcopy' && (f.performance === 'compression' || f.performance === 'multichannel')) {
     out.push(
@@ -129,7 +169,29 @@ export function formWarnings(f: SettingsForm, facts: HostFacts | null): string[]
   if (f.performance === 'compression' && facts && !facts.multifdCompression.includes('zstd')) {
     out.push("This host's QEMU has no zstd: Compression will use zlib, which costs more CPU.");
   }
+  if (
+    kind === 'libvirt' &&
+    f.performance === 'compression' &&
+    facts?.libvirtVersion &&
+    versionBelow(facts.libvirtVersion, '9.4.0')
+  ) {
+    out.push(
+      `libvirt ${facts.libvirtVersion} has no multifd compression (zlib/zstd came in libvirt 9.4): Compression will use xbzrle over one connection, and Channels are not used.`,
+    );
+  }
+  if (kind === 'libvirt' && f.encryption === 'off') {
+    out.push(
+      'Encryption is off: moves to and from this host send the VM’s memory and disks over the network unencrypted.',
+    );
+  }
   return out;
+}
+
+function versionBelow(version: string, min: string): boolean {
+  const a = version.split('.').map(Number);
+  const b = min.split('.').map(Number);
+  for (let i = 0; i < 3; i++) if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) < (b[i] ?? 0);
+  return false;
 }
 
 /** Why RDMA cannot be chosen on this host (null: it can). */
@@ -151,6 +213,7 @@ export function settingsFromForm(f: SettingsForm): Partial<HostSettings> {
     downtimeCeilingMs: f.downtimeCeilingMs ?? undefined,
     convergence: f.convergence,
     maxStorageMigrations: f.maxStorageMigrations ?? undefined,
+    encryption: f.encryption,
   };
 }
 

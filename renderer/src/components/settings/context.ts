@@ -1,12 +1,14 @@
 // What the host settings dialog shares with its pages (provide/inject).
 import { inject, type InjectionKey, type Ref } from 'vue';
-import type { HostFacts } from '../../../../engine/api/index.js';
+import type { HostFacts, HostKind } from '../../../../engine/api/index.js';
 import type { FormErrors, SettingsForm } from '../../model/host-settings-form.js';
 
 export interface SettingsContext {
   host: string;
   form: SettingsForm;
   facts: Ref<HostFacts | null>;
+  /** The host's kind (null until the inventory knows it): some settings apply to libvirt hosts only. */
+  kind: Ref<HostKind | null>;
   errors: Ref<FormErrors>;
   warnings: Ref<string[]>;
 }
