@@ -6,6 +6,7 @@ import { ExitWith, int, table } from './util.js';
 import { FerryError, isFerryError, REFUSAL_CODES, type DiskRequest, type VmSummary } from '../api/index.js';
 import { Inventory } from '../host/inventory.js';
 import { closeLibvirtConnections } from '../host/libvirt/connection.js';
+import { recoverAbandonedMoves } from '../migration/libvirt-recovery.js';
 import { ApiService } from '../service/api-service.js';
 
 /** Exit codes: 0 done, 1 failed while doing it, 2 refused (bad input or a check said no). */
@@ -321,6 +322,7 @@ export function buildProgram(io: Io, inv: Inventory): Command {
   vm.command('list')
     .option('--json', 'JSON on stdout')
     .action(async (o: { json?: boolean }) => {
+      await recoverAbandonedMoves(inv); // a move whose Ferry process died is settled first
       const vms = await inv.listVms();
       if (o.json) return json(vms);
       if (vms.length === 0) return say('no VMs');

@@ -15,6 +15,7 @@ import {
 } from '../api/index.js';
 import type { Inventory } from '../host/inventory.js';
 import { planDrain, runDrain } from '../migration/drain.js';
+import { recoverAbandonedMoves } from '../migration/libvirt-recovery.js';
 import { MigrationManager } from '../migration/manager.js';
 import type { Io } from './main.js';
 import { ExitWith, int, table } from './util.js';
@@ -89,9 +90,13 @@ function storageTargets(o: MoveFlags): Pick<MoveRequest, 'storagePath' | 'diskPa
   if (!o.diskPath) return {};
   const diskPaths: Record<string, string> = {};
   for (const kv of o.diskPath) {
-    const m = /^(disk\d+)=(.+)$/.exec(kv);
+    // Ferry's own disks are disk0, disk1…; a libvirt domain's are named by target (vda, sdb).
+    const m = /^(disk\d+|[hsvx]d[a-z]{1,3})=(.+)$/.exec(kv);
     if (!m)
-      throw new FerryError('bad-input', `--disk-path takes DISK=DIR (e.g. disk0=/srv/vms), not "${kv}"`);
+      throw new FerryError(
+        'bad-input',
+        `--disk-path takes DISK=DIR (e.g. disk0=/srv/vms or vda=/srv/vms), not "${kv}"`,
+      );
     diskPaths[m[1]!] = m[2]!;
   }
   return { diskPaths };
@@ -336,6 +341,7 @@ export function registerMigrationCommands(program: Command, io: Io, inv: Invento
     .description('the history of moves, newest first')
     .option('--json', 'JSON on stdout')
     .action(async (o: { json?: boolean }) => {
+      await recoverAbandonedMoves(inv); // a move whose Ferry process died is settled first
       const list = await manager().history.list();
       if (o.json) return json(list.map(({ samples: _s, ...rest }) => rest));
       if (list.length === 0) return say('no moves yet');

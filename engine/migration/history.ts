@@ -38,6 +38,11 @@ export class History {
 
   /** Newest first. */
   async list(): Promise<MigrationRecord[]> {
+    return (await this.saved()).map(settle);
+  }
+
+  /** The records as saved, abandoned ones still "running" (libvirt-recovery.ts settles those). Newest first. */
+  async saved(): Promise<MigrationRecord[]> {
     let names: string[];
     try {
       names = (await fs.promises.readdir(this.dir)).filter((n) => n.endsWith('.json'));
@@ -50,7 +55,6 @@ export class History {
     );
     return recs
       .filter((r): r is MigrationRecord => r !== null)
-      .map(settle)
       .sort((a, b) => b.requestedAt.localeCompare(a.requestedAt));
   }
 
@@ -68,13 +72,18 @@ export class History {
   }
 }
 
+/** Queued or running, and the Ferry process running it is gone. */
+export function isAbandoned(rec: MigrationRecord): boolean {
+  if ((rec.status !== 'running' && rec.status !== 'queued') || rec.ownerPid === undefined) return false;
+  return !processAlive(rec.ownerPid);
+}
+
+export function abandonedReason(rec: MigrationRecord): string {
+  return `abandoned: the Ferry process running it (pid ${rec.ownerPid}) ended during phase ${rec.phase}`;
+}
+
 /** A record still "running" whose Ferry process is gone was abandoned: say so rather than "running". */
 function settle(rec: MigrationRecord): MigrationRecord {
-  if ((rec.status !== 'running' && rec.status !== 'queued') || rec.ownerPid === undefined) return rec;
-  if (processAlive(rec.ownerPid)) return rec;
-  return {
-    ...rec,
-    status: 'failed',
-    reason: `abandoned: the Ferry process running it (pid ${rec.ownerPid}) ended during phase ${rec.phase}`,
-  };
+  if (!isAbandoned(rec)) return rec;
+  return { ...rec, status: 'failed', reason: abandonedReason(rec) };
 }

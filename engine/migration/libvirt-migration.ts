@@ -15,6 +15,11 @@
 // cancelled=1 tears the skeleton down; Confirm with cancelled=1 resumes the source). After it, Finish
 // decides: the destination runs the VM, or (no domain from Finish) Confirm resumes it on the source —
 // exactly one running copy either way.
+//
+// Faults (test/integration/libvirt-faults.test.ts): a link that stops carrying bytes, or a lost
+// connection to the destination's libvirtd, aborts the job while it can still be undone (the VM stays
+// on the source). If this process itself dies, libvirt's connection cleanup undoes what it can; after
+// Perform it leaves the source paused, and libvirt-recovery.ts settles that at the next look.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, PHASES, type PhaseName, type Sample, type Summary } from '../api/index.js';
 import type { DomainRef, LibvirtEvent, TypedParam } from '../libvirt/client.js';
@@ -24,6 +29,7 @@ import type { LibvirtHost } from '../host/libvirt/libvirt-host.js';
 import { createImage, deleteImage } from '../host/libvirt/storage.js';
 import { ConvergenceWatch, type ConvergenceAction } from './convergence.js';
 import type { LibvirtMovePlan } from './libvirt-preflight.js';
+import { parseLabGuestSerial } from '../host/lab-guest.js';
 import { Cancelled, waitForHeartbeat, type MoveContext } from './live-migration.js';
 
 /** Samples go out at least this often while Perform runs (the console draws ≥ 4 a second). */
@@ -35,6 +41,17 @@ const ERR_OPERATION_ABORTED = 78;
 const ERR_NO_DOMAIN = 42;
 /** Flags the destination's calls must not carry (libvirt's client drops them too). */
 const SOURCE_ONLY = MigrateFlags.ABORT_ON_ERROR | MigrateFlags.AUTO_CONVERGE;
+/** A lost destination connection with no bytes sent for this long is reported as a stall too. */
+const STALLED_TOO_MS = 2000;
+
+/**
+ * Test hook, for the fault tests only: FERRY_TEST_EXIT_AFTER=perform (or =finish) kills this process
+ * with SIGKILL right after that step returns, so a test can show deterministically what libvirt's
+ * connection cleanup and Ferry's next look (libvirt-recovery.ts) do. Never set outside tests.
+ */
+function testExitAfter(step: 'perform' | 'finish'): void {
+  if (process.env.FERRY_TEST_EXIT_AFTER === step) process.kill(process.pid, 'SIGKILL');
+}
 
 export async function libvirtMigration(
   ctx: MoveContext,
@@ -48,6 +65,9 @@ export async function libvirtMigration(
   let current = 0;
   const begin = (phase: number): void => {
     if (phase <= current) return;
+    // Never skip a phase: a first pass quicker than one poll of the job (the switch-over's pause seen
+    // first) still went through Memory pages.
+    if (current > 0 && phase > current + 1) begin(phase - 1);
     if (current) end(current);
     current = phase;
     ctx.onPhase(phase);
@@ -87,8 +107,16 @@ export async function libvirtMigration(
       if (current === 4) begin(5);
     }
   };
+  // The destination's daemon gone (killed, or its link down past the keepalive): Finish can never run
+  // on this connection, and libvirt destroys the incoming VM when it notices; Perform would still go on
+  // to pause the source at the switch-over for nothing. Seen in the loop below, which aborts the job.
+  let destLost: string | null = dst.closed ? 'the connection was closed' : null;
+  const onDestClose = (err: Error | null): void => {
+    destLost ??= err?.message ?? 'the connection was closed';
+  };
   src.on('event', onSource);
   dst.on('event', onDest);
+  dst.on('close', onDestClose);
   const callbacks = await Promise.all([
     src.registerDomainEvent(DomainEventId.MIGRATION_ITERATION, dom),
     src.registerDomainEvent(DomainEventId.JOB_COMPLETED, dom),
@@ -172,7 +200,10 @@ export async function libvirtMigration(
         const bytes = num(last, 'data_processed');
         const memory = num(last, 'memory_processed');
         const pass = Math.max(iteration, num(last, 'memory_iteration'));
-        if (copying && storageCopyMs === null) {
+        if (copying && storageCopyMs === null && current >= 2) {
+          // Phase 2 began without this loop seeing the copy end (the pause came first).
+          storageCopyMs = ctx.now() - copyStart;
+        } else if (copying && storageCopyMs === null) {
           const total = num(last, 'disk_total');
           ctx.emit({
             type: 'storage-copy',
@@ -193,6 +224,14 @@ export async function libvirtMigration(
           growthAt = t;
         } else if (t - growthAt > STALL_MS && !aborting && current <= 3) {
           aborting = `the migration stalled: no bytes sent for ${Math.round((t - growthAt) / 1000)} s (link down or peer frozen)`;
+          await src.domainAbortJob(dom).catch(() => undefined);
+        }
+        if (destLost !== null && !aborting && !cancelled && current <= 3) {
+          const idle = t - growthAt;
+          aborting =
+            idle >= STALLED_TOO_MS
+              ? `the migration stalled: no bytes sent for ${Math.round(idle / 1000)} s, and the connection to ${dest.name} dropped (${destLost})`
+              : `lost the connection to ${dest.name}'s libvirtd (${destLost}): the move cannot finish there`;
           await src.domainAbortJob(dom).catch(() => undefined);
         }
         const rate = prev && t > prev.at ? (bytes - prev.bytes) / ((t - prev.at) / 1000) / 1048576 : 0;
@@ -238,6 +277,15 @@ export async function libvirtMigration(
       throw new FerryError('migration-failed', why);
     }
     performed = true;
+    // The guest's last pass so far (the source is paused), read beside Finish so the read costs no
+    // downtime; a pass the destination logs meanwhile only makes the later check wait for a newer one.
+    const passAtPause: Promise<number | null> = ctx.vm.labGuest
+      ? source
+          .readSerial(name, 0)
+          .then((c) => parseLabGuestSerial(c.text).heartbeats.at(-1)?.pass ?? 0)
+          .catch(() => null)
+      : Promise.resolve(null);
+    testExitAfter('perform');
     begin(3); // a move that converged in one pass still passed through the switch-over
     if (storageCopyMs === null && copying) storageCopyMs = ctx.now() - copyStart;
     const final = await src.domainGetJobStats(dom, 1).catch(() => null);
@@ -268,6 +316,7 @@ export async function libvirtMigration(
         return null;
       });
     finished = fin?.dom ?? null;
+    if (finished) testExitAfter('finish');
     if (!finished) {
       // The destination could not take the VM: it is torn down there, and Confirm resumes it here.
       await src.migrateConfirm3Params(dom, plan.params, Buffer.alloc(0), flags | prot, true);
@@ -278,17 +327,12 @@ export async function libvirtMigration(
     }
     begin(5);
     if (resumedAt === null) resumedAt = Date.now();
-    if (ctx.vm.labGuest) {
-      const beat = await waitForHeartbeat(dest, name, ctx.vm.labGuest).catch(() => null);
-      if (beat) {
-        ctx.emit({
-          type: 'log',
-          level: 'info',
-          message: `heartbeat on ${dest.name}: pass ${beat.pass}, errors ${beat.errors}`,
-        });
-        if (beat.errors > 0) warnings.push(`the lab guest reports ${beat.errors} memory errors`);
-      } else warnings.push(`no heartbeat from the lab guest on ${dest.name} yet`);
-    }
+    // Proof that the guest lives on the destination is verification beside the phases, not part of
+    // the switch-over: a heartbeat newer than the last one before the pause (the lab's serial log is
+    // one file both hosts append to), awaited while Confirm runs.
+    const verified = ctx.vm.labGuest
+      ? passAtPause.then((p) => waitForHeartbeat(dest, name, ctx.vm.labGuest!, p)).catch(() => null)
+      : null;
 
     // ---- 6 Network cleanup: Confirm on the source ----------------------------------------------
     begin(6);
@@ -304,6 +348,17 @@ export async function libvirtMigration(
       );
     }
     end(6);
+    if (verified) {
+      const beat = await verified;
+      if (beat) {
+        ctx.emit({
+          type: 'log',
+          level: 'info',
+          message: `heartbeat on ${dest.name}: pass ${beat.pass}, errors ${beat.errors}`,
+        });
+        if (beat.errors > 0) warnings.push(`the lab guest reports ${beat.errors} memory errors`);
+      } else warnings.push(`no new heartbeat from the lab guest on ${dest.name}`);
+    }
     return result('completed', null);
   } catch (err) {
     const isCancel = err instanceof Cancelled;
@@ -344,6 +399,7 @@ export async function libvirtMigration(
   } finally {
     src.off('event', onSource);
     dst.off('event', onDest);
+    dst.off('close', onDestClose);
     for (const id of callbacks) await src.deregisterDomainEvent(id).catch(() => undefined);
   }
 

@@ -415,17 +415,20 @@ function sampleOf(st: OutgoingStats, at: number, phase: number, throughputMiBs: 
   };
 }
 
+/** The lab guest's latest heartbeat on a host; with `afterPass`, only one newer than that pass. */
 export async function waitForHeartbeat(
   host: HostDriver,
   name: string,
   lab: NonNullable<VmConfig['labGuest']>,
+  afterPass: number | null = null,
 ): Promise<{ pass: number; errors: number } | null> {
   const period = lab.dirtyRateMiBs > 0 ? (lab.workingSetMiB * 1000) / lab.dirtyRateMiBs : 0;
   const deadline = Date.now() + Math.max(3000, 2 * period + 1000);
   while (Date.now() < deadline) {
     const r = parseLabGuestSerial((await host.readSerial(name, 0)).text);
     const hb = r.heartbeats.at(-1);
-    if (hb) return { pass: hb.pass, errors: hb.errors + r.mismatches.length };
+    if (hb && (afterPass === null || hb.pass > afterPass))
+      return { pass: hb.pass, errors: hb.errors + r.mismatches.length };
     await sleep(50);
   }
   return null;

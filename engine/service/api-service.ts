@@ -15,6 +15,7 @@ import {
 } from '../api/index.js';
 import { Inventory } from '../host/inventory.js';
 import { closeLibvirtConnections, onLibvirtChange } from '../host/libvirt/connection.js';
+import { recoverAbandonedMoves } from '../migration/libvirt-recovery.js';
 import { MigrationManager } from '../migration/manager.js';
 import { findQemu, installHint } from '../qemu/system.js';
 
@@ -141,7 +142,11 @@ export class ApiService {
         return records;
       },
       labDown: () => inv.labDown(),
-      listVms: () => inv.listVms(),
+      // A move whose Ferry process died is settled first (libvirt-recovery.ts).
+      listVms: async () => {
+        await recoverAbandonedMoves(inv);
+        return inv.listVms();
+      },
       vmInfo: async ({ name }) => (await inv.locate(name)).vmInfo(name),
       createVm: (req) => inv.createVm(req),
       vmAction: async ({ name, action }) => {
@@ -187,8 +192,10 @@ export class ApiService {
         return { id: started.id };
       },
       cancelMove: ({ id }) => manager.cancel(id),
-      listMigrations: async () =>
-        (await manager.history.list()).map(({ samples: _samples, ...rest }) => rest),
+      listMigrations: async () => {
+        await recoverAbandonedMoves(inv);
+        return (await manager.history.list()).map(({ samples: _samples, ...rest }) => rest);
+      },
       migration: ({ id }) => manager.history.get(id),
       queue: () => manager.queue(),
     };
