@@ -1,13 +1,26 @@
 // What the libvirt-lab tests share: commands run with stdin closed (anything that would prompt fails
 // instead of hanging), virsh against a lab machine, a lab-guest domain as an administrator would
-// write it, and the migration events `ferry move --json` prints.
-import { execFile } from 'node:child_process';
+// write it, the lab machines' private folder, and the migration events `ferry move --json` prints
+// (also of a `ferry` running in the background).
+import { execFile, spawn } from 'node:child_process';
 import path from 'node:path';
-import type { MigrationEvent } from '../engine/api/index.js';
+import type { MigrationEvent, Summary } from '../engine/api/index.js';
+import type { LibvirtLabMachine } from '../engine/host/libvirt/lab.js';
 import { REPO, type CliResult } from './helpers.js';
 
 export const isRoot = process.platform === 'linux' && process.getuid?.() === 0;
 export const LAB_GUEST = path.join(REPO, 'assets', 'lab-guest', 'ferry-lab-guest.bin');
+/** The built CLI, as `npx ferry` runs it. */
+export const FERRY_BIN = path.join(REPO, 'bin', 'ferry.js');
+/** A folder every libvirt host has, but each lab machine its own (its /var/lib/libvirt is private). */
+export const PRIVATE = '/var/lib/libvirt/images';
+/** Every phase of a live move, started and completed in order, as phaseTrail writes them. */
+export const ALL_PHASES = '1+ 1- 2+ 2- 3+ 3- 4+ 4- 5+ 5- 6+ 6-';
+
+/** Where a lab machine's PRIVATE folder is, as this computer sees it. */
+export function privateDir(m: LibvirtLabMachine): string {
+  return path.join(m.dir, 'var', 'lib', 'libvirt', 'images');
+}
 
 export function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
   return new Promise((resolve) => {
@@ -26,10 +39,30 @@ export function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = process
   });
 }
 
+/** sh that must succeed: its stdout, or an error with its stderr. */
+export async function shOk(cmd: string, args: string[]): Promise<string> {
+  const r = await sh(cmd, args);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr.trim() || `exit ${r.code}`}`);
+  return r.stdout;
+}
+
 export async function virsh(uri: string, ...args: string[]): Promise<string> {
   const r = await sh('virsh', ['-q', '-c', uri, ...args]);
   if (r.code !== 0) throw new Error(`virsh -c ${uri} ${args.join(' ')}: ${r.stderr.trim()}`);
   return r.stdout.trim();
+}
+
+/** The names of a lab machine's domains, running or not. */
+export async function domainNames(m: LibvirtLabMachine): Promise<string[]> {
+  return (await virsh(m.uris.tcp, 'list', '--all', '--name')).split('\n').filter(Boolean);
+}
+
+/** `SHA256:…` of the (first) key in a public key or known_hosts file, as ssh-keygen -l prints it. */
+export async function sshFingerprint(file: string): Promise<string> {
+  const out = await shOk('ssh-keygen', ['-lf', file]);
+  const fp = /(SHA256:[A-Za-z0-9+/]+)/.exec(out)?.[1];
+  if (!fp) throw new Error(`no SHA256 fingerprint in ssh-keygen -lf ${file}: ${out}`);
+  return fp;
 }
 
 /** A lab-guest domain defined outside Ferry (optionally with one disk). */
@@ -72,4 +105,39 @@ export function phaseTrail(events: MigrationEvent[]): string {
   return events
     .flatMap((e) => (e.type === 'phase' ? [`${e.phase}${e.state === 'started' ? '+' : '-'}`] : []))
     .join(' ');
+}
+
+/** The summary, the last of a move's events. */
+export function summaryOf(events: MigrationEvent[]): Summary {
+  const s = events.at(-1);
+  if (!s || s.type !== 'summary') throw new Error(`no summary in ${JSON.stringify(events.slice(-3))}`);
+  return s;
+}
+
+/** A `ferry … --json` running in the background. */
+export interface FerryChild {
+  /** The events it has printed so far (whole lines only). */
+  events(): MigrationEvent[];
+  /** Its exit code and all its events, once it has exited. */
+  done: Promise<{ code: number; events: MigrationEvent[] }>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** `ferry …` in a child process whose events can be read while it runs. */
+export function spawnFerry(home: string, args: string[]): FerryChild {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], {
+    env: { ...process.env, FERRY_HOME: home },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  const done = new Promise<{ code: number; events: MigrationEvent[] }>((resolve) =>
+    // 'close', not 'exit': by then all of stdout has been read, the summary too.
+    child.once('close', (code) => resolve({ code: code ?? 1, events: moveEvents(out) })),
+  );
+  return {
+    events: () => moveEvents(out.slice(0, out.lastIndexOf('\n') + 1)),
+    done,
+    kill: (signal = 'SIGKILL') => void child.kill(signal),
+  };
 }

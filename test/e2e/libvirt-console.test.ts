@@ -3,50 +3,17 @@
 // virsh; "Connect to Server…" over qemu+ssh with the lab's key; the unknown host key's fingerprint step;
 // the domain listed as Off, started from the console, running; then the daemon goes away with the lab
 // and the host shows as disconnected without anyone asking. Needs root (network namespaces).
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLibvirtLab, stopLibvirtLab, type LibvirtLabMachine } from '../../engine/host/libvirt/lab.js';
-import { REPO, tempHome } from '../helpers.js';
+import { tempHome } from '../helpers.js';
+import { isRoot, labGuestDomainXml, sshFingerprint, virsh } from '../libvirt-support.js';
 import { openBrowser, screenshot, startWeb, type Browser, type WebProcess } from './support.js';
 
-const isRoot = process.platform === 'linux' && process.getuid?.() === 0;
-const GUEST = path.join(REPO, 'assets', 'lab-guest', 'ferry-lab-guest.bin');
 const HOST = 'kvm1';
 const DOMAIN = 'e2e-guest';
-
-/** Runs a command with stdin closed (nothing can prompt) and no default libvirt URI from outside. */
-function run(cmd: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const env = { ...process.env };
-    delete env['LIBVIRT_DEFAULT_URI'];
-    const child = execFile(cmd, args, { env, timeout: 60_000 }, (err, stdout, stderr) =>
-      err ? reject(new Error(`${cmd} ${args.join(' ')}: ${stderr.trim() || err.message}`)) : resolve(stdout),
-    );
-    child.stdin?.end();
-  });
-}
-
-function domainXml(serial: string): string {
-  return `<domain type='qemu'>
-  <name>${DOMAIN}</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>${GUEST}</kernel>
-    <cmdline>ws=8 rate=5</cmdline>
-  </os>
-  <on_poweroff>destroy</on_poweroff>
-  <devices>
-    <serial type='file'><source path='${serial}'/><target port='0'/></serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`;
-}
 
 describe.skipIf(!isRoot)('a libvirt server in the console (root)', () => {
   /** The lab's own FERRY_HOME, so the console starts empty and adds the machine as a user would. */
@@ -68,8 +35,8 @@ describe.skipIf(!isRoot)('a libvirt server in the console (root)', () => {
     machine = machines[0]!;
     const serial = path.join(machine.sharedDir, `${DOMAIN}-serial.log`);
     const xml = path.join(machine.sharedDir, `${DOMAIN}.xml`);
-    fs.writeFileSync(xml, domainXml(serial));
-    await run('virsh', ['-q', '-c', machine.uris.ssh, 'define', xml]);
+    fs.writeFileSync(xml, labGuestDomainXml(DOMAIN, serial));
+    await virsh(machine.uris.ssh, 'define', xml);
     web = await startWeb(home, { HOME: userHome });
   }, 300_000);
 
@@ -104,7 +71,7 @@ describe.skipIf(!isRoot)('a libvirt server in the console (root)', () => {
     // The machine's key is not in the (empty) ~/.ssh/known_hosts: its fingerprint is shown to compare.
     const step = page.locator('[data-testid="host-key-step"]');
     await step.waitFor({ timeout: 30_000 });
-    const expected = (await run('ssh-keygen', ['-lf', machine.knownHosts])).split(/\s+/)[1]!;
+    const expected = await sshFingerprint(machine.knownHosts);
     expect(expected).toMatch(/^SHA256:/);
     expect((await page.locator('[data-testid="host-key-fingerprint"]').textContent())?.trim()).toBe(expected);
     const text = (await step.textContent()) ?? '';

@@ -3,7 +3,6 @@
 // facts, a domain defined with plain virsh driven by Ferry (and virsh seeing every change), every bad
 // `ferry host add` refused on its own terms with nothing saved, a daemon stopped and started under a
 // long-lived engine, and the refusal of `ferry lab up --libvirt` for a user who is not root.
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,56 +18,8 @@ import {
   type LibvirtLabMachine,
 } from '../../engine/host/libvirt/lab.js';
 import { ApiService } from '../../engine/service/api-service.js';
-import { ferry, REPO, tempHome, waitFor, type CliResult } from '../helpers.js';
-
-const isRoot = process.platform === 'linux' && process.getuid?.() === 0;
-const GUEST = path.join(REPO, 'assets', 'lab-guest', 'ferry-lab-guest.bin');
-const FERRY_BIN = path.join(REPO, 'bin', 'ferry.js');
-
-/** Runs a command with stdin closed (anything that would prompt fails instead of hanging). */
-function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
-  return new Promise((resolve) => {
-    const e = { ...env };
-    delete e.LIBVIRT_DEFAULT_URI;
-    delete e.VIRSH_DEFAULT_CONNECT_URI;
-    const child = execFile(cmd, args, { timeout: 60_000, env: e }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
-    });
-    child.stdin?.end();
-  });
-}
-
-async function virsh(uri: string, ...args: string[]): Promise<string> {
-  const r = await sh('virsh', ['-q', '-c', uri, ...args]);
-  if (r.code !== 0) throw new Error(`virsh -c ${uri} ${args.join(' ')}: ${r.stderr.trim()}`);
-  return r.stdout.trim();
-}
-
-/** `SHA256:…` of a public key file, as ssh-keygen -l prints it. */
-async function fingerprintOf(pubFile: string): Promise<string> {
-  const r = await sh('ssh-keygen', ['-lf', pubFile]);
-  expect(r.code, r.stderr).toBe(0);
-  return /(SHA256:[A-Za-z0-9+/]+)/.exec(r.stdout)![1]!;
-}
-
-/** A domain as an administrator would write it for the lab guest: defined outside Ferry. */
-function domainXml(name: string, serial: string): string {
-  return `<domain type='qemu'>
-  <name>${name}</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>${GUEST}</kernel>
-    <cmdline>ws=8 rate=5</cmdline>
-  </os>
-  <devices>
-    <serial type='file'><source path='${serial}'/><target port='0'/></serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`;
-}
+import { ferry, tempHome, waitFor, type CliResult } from '../helpers.js';
+import { FERRY_BIN, isRoot, labGuestDomainXml, sh, sshFingerprint, virsh } from '../libvirt-support.js';
 
 interface HostJson extends HostSummary {
   facts?: Record<string, unknown> | null;
@@ -166,7 +117,7 @@ describe.skipIf(!isRoot)('libvirt hosts through the CLI (root, libvirt lab)', ()
 
   it('drives a domain defined with virsh: list, start, pause, resume, stop, each seen by virsh', async () => {
     const xmlFile = path.join(lab1.sharedDir, `${dom}.xml`);
-    fs.writeFileSync(xmlFile, domainXml(dom, serial));
+    fs.writeFileSync(xmlFile, labGuestDomainXml(dom, serial));
     await virsh(uris.lab1!, 'define', xmlFile);
 
     const listed = (await vmList()).filter((v) => v.name === dom);
@@ -291,8 +242,8 @@ describe.skipIf(!isRoot)('libvirt hosts through the CLI (root, libvirt lab)', ()
       const knownHosts = path.join(userHome, '.ssh', 'known_hosts');
       const uri = `qemu+ssh://root@${lab1.address}/system`;
       const hostPub = path.join(lab1.dir, 'etc', 'ssh', 'ssh_host_ed25519_key.pub');
-      const fp = await fingerprintOf(hostPub);
-      const otherFp = await fingerprintOf(path.join(lab2.dir, 'etc', 'ssh', 'ssh_host_ed25519_key.pub'));
+      const fp = await sshFingerprint(hostPub);
+      const otherFp = await sshFingerprint(path.join(lab2.dir, 'etc', 'ssh', 'ssh_host_ed25519_key.pub'));
       expect(otherFp).not.toBe(fp);
 
       const unknown = await refused(['kvm1', '--uri', uri, '--ssh-key', lab1.sshKey], env);

@@ -2,7 +2,6 @@
 // namespaces, reached over ssh (libssh), tcp, tls and the unix socket as real servers are; a lab-guest
 // domain starts and beats; the daemons can be stopped and started mid-session; and taking the lab down
 // leaves nothing behind. Needs Linux and root (network namespaces); the refusal for others is checked too.
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import ts from 'typescript';
@@ -19,33 +18,7 @@ import {
   type LibvirtLabMachine,
 } from '../../engine/host/libvirt/lab.js';
 import { REPO, tempHome, waitFor } from '../helpers.js';
-
-const isRoot = process.platform === 'linux' && process.getuid?.() === 0;
-const GUEST = path.join(REPO, 'assets', 'lab-guest', 'ferry-lab-guest.bin');
-
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a command with stdin closed, so anything that would prompt fails instead of hanging. */
-function sh(cmd: string, args: string[], timeout = 60_000): Promise<Result> {
-  return new Promise((resolve) => {
-    const env = { ...process.env };
-    delete env.LIBVIRT_DEFAULT_URI;
-    const child = execFile(cmd, args, { timeout, env }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
-    });
-    child.stdin?.end();
-  });
-}
-
-async function virsh(uri: string, ...args: string[]): Promise<string> {
-  const r = await sh('virsh', ['-q', '-c', uri, ...args]);
-  if (r.code !== 0) throw new Error(`virsh -c ${uri} ${args.join(' ')}: ${r.stderr.trim()}`);
-  return r.stdout.trim();
-}
+import { isRoot, labGuestDomainXml, sh, virsh } from '../libvirt-support.js';
 
 /** A command inside a lab machine: its network, mount and UTS namespaces (those libvirtd runs in). */
 async function inMachine(m: LibvirtLabMachine, ...args: string[]): Promise<string> {
@@ -54,25 +27,6 @@ async function inMachine(m: LibvirtLabMachine, ...args: string[]): Promise<strin
   const r = await sh('nsenter', ['-t', String(pid), '-m', '-u', '-n', '--', ...args]);
   if (r.code !== 0) throw new Error(`${args.join(' ')} on ${m.hostname}: ${r.stderr.trim()}`);
   return r.stdout.trim();
-}
-
-function domainXml(name: string, serial: string): string {
-  return `<domain type='qemu'>
-  <name>${name}</name>
-  <memory unit='MiB'>128</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>${GUEST}</kernel>
-    <cmdline>ws=8 rate=5</cmdline>
-  </os>
-  <on_poweroff>destroy</on_poweroff>
-  <devices>
-    <serial type='file'><source path='${serial}'/><target port='0'/></serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`;
 }
 
 /** QEMU processes whose command line names one of these domains (`-name guest=NAME,`). */
@@ -189,7 +143,7 @@ describe.skipIf(!isRoot)('libvirt lab (root)', () => {
   it('starts a lab-guest domain, which beats on its serial port (shared storage)', async () => {
     const serial = path.join(lab1.sharedDir, `${guest}-serial.log`);
     const xml = path.join(lab1.sharedDir, `${guest}.xml`);
-    fs.writeFileSync(xml, domainXml(guest, serial));
+    fs.writeFileSync(xml, labGuestDomainXml(guest, serial));
     await virsh(lab1.uris.ssh, 'define', xml);
     for (const round of ['first', 'second']) {
       fs.rmSync(serial, { force: true });
@@ -226,7 +180,7 @@ describe.skipIf(!isRoot)('libvirt lab (root)', () => {
     // A second domain defined outside Ferry, with plain virsh over tcp, on lab2.
     const serial2 = path.join(lab2.sharedDir, `${other}-serial.log`);
     const xml2 = path.join(lab2.sharedDir, `${other}.xml`);
-    fs.writeFileSync(xml2, domainXml(other, serial2));
+    fs.writeFileSync(xml2, labGuestDomainXml(other, serial2));
     await virsh(lab2.uris.tcp, 'define', xml2);
     await virsh(lab2.uris.tcp, 'start', other);
     const qemu = qemuPids(guest, other);

@@ -8,14 +8,22 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { MigrationEvent, Summary } from '../../engine/api/index.js';
 import { Inventory } from '../../engine/host/inventory.js';
 import { parseLabGuestSerial } from '../../engine/host/lab-guest.js';
 import { libvirtLabMachines, stopLibvirtLab, type LibvirtLabMachine } from '../../engine/host/libvirt/lab.js';
 import { ferry, tempHome, waitFor } from '../helpers.js';
-import { isRoot, moveEvents, phaseTrail, sh, virsh } from '../libvirt-support.js';
+import {
+  ALL_PHASES,
+  domainNames,
+  isRoot,
+  moveEvents,
+  phaseTrail,
+  sh,
+  spawnFerry,
+  summaryOf,
+  virsh,
+} from '../libvirt-support.js';
 
-const ALL_PHASES = '1+ 1- 2+ 2- 3+ 3- 4+ 4- 5+ 5- 6+ 6-';
 /** Bytes of the lab guest's kernel, which lives in guest memory: a move in the clear carries them. */
 const MARKER = Buffer.from('FERRY-GUEST hb pass=');
 
@@ -24,11 +32,6 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
   let lab1: LibvirtLabMachine;
   let lab2: LibvirtLabMachine;
 
-  const summaryOf = (events: MigrationEvent[]): Summary => {
-    const s = events.at(-1);
-    if (!s || s.type !== 'summary') throw new Error(`no summary in ${JSON.stringify(events.slice(-3))}`);
-    return s;
-  };
   const serial = async (vm: string): Promise<ReturnType<typeof parseLabGuestSerial>> =>
     parseLabGuestSerial((await ferry(home, ['vm', 'serial', vm])).stdout);
   /** The guest keeps running with its memory intact: new heartbeats, no errors. */
@@ -42,8 +45,6 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
     expect(r.heartbeats.at(-1)!.errors).toBe(0);
     expect(r.boots).toBe(1);
   };
-  const domains = async (m: LibvirtLabMachine): Promise<string[]> =>
-    (await virsh(m.uris.tcp, 'list', '--all', '--name')).split('\n').filter(Boolean);
 
   beforeAll(async () => {
     home = tempHome('libvirt-move');
@@ -118,7 +119,7 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
     // Hyper-V's outcome: defined and running on the destination, gone from the source.
     expect(await virsh(lab2.uris.tcp, 'domstate', 'mv')).toBe('running');
     expect(await virsh(lab2.uris.tcp, 'dominfo', 'mv')).toMatch(/Persistent:\s+yes/);
-    expect(await domains(lab1)).not.toContain('mv');
+    expect(await domainNames(lab1)).not.toContain('mv');
     const list = JSON.parse((await ferry(home, ['vm', 'list', '--json'])).stdout) as {
       name: string;
       host: string;
@@ -195,17 +196,17 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
 
   it('a move cancelled in phase 2 leaves the VM running on the source and nothing on the destination', async () => {
     // 1 MiB/s: the first pass alone takes seconds, time enough to cancel from another process.
-    const child = spawnMove(home, ['move', 'mv', '--to', 'lab1', '--bandwidth', '1', '--json']);
+    const child = spawnFerry(home, ['move', 'mv', '--to', 'lab1', '--bandwidth', '1', '--json']);
     const started = await waitFor('phase 2', async () =>
       child.events().find((e) => e.type === 'phase' && e.phase === 2 && e.state === 'started'),
     );
     const cancel = await ferry(home, ['cancel', started.id]);
     expect(cancel.code, cancel.stderr).toBe(0);
-    const events = await child.done;
+    const { events } = await child.done;
     const s = summaryOf(events);
     expect(s.status).toBe('cancelled');
     expect(await virsh(lab2.uris.tcp, 'domstate', 'mv')).toBe('running');
-    expect(await domains(lab1)).not.toContain('mv');
+    expect(await domainNames(lab1)).not.toContain('mv');
     await stillBeating('mv');
   });
 
@@ -244,7 +245,7 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
     }[];
     const mine = history.filter((h) => out.results.some((s) => s.id === h.id));
     expect(mine.filter((h) => h.events.some((e) => e.type === 'queued')).length).toBe(2);
-    expect(await domains(lab2)).toEqual([]);
+    expect(await domainNames(lab2)).toEqual([]);
     for (const vm of ['mv', 'd1', 'd2']) expect(await virsh(lab1.uris.tcp, 'domstate', vm)).toBe('running');
     await stillBeating('d2');
   });
@@ -280,19 +281,4 @@ async function stopCapture(child: ChildProcess): Promise<void> {
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGINT');
   await exited;
-}
-
-/** `ferry move --json` in the background, its events readable while it runs. */
-function spawnMove(
-  home: string,
-  args: string[],
-): { events: () => MigrationEvent[]; done: Promise<MigrationEvent[]> } {
-  const child = spawn(process.execPath, [path.resolve('bin/ferry.js'), ...args], {
-    env: { ...process.env, FERRY_HOME: home },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-  const done = new Promise<MigrationEvent[]>((resolve) => child.once('exit', () => resolve(moveEvents(out))));
-  return { events: () => moveEvents(out.slice(0, out.lastIndexOf('\n') + 1)), done };
 }

@@ -20,28 +20,8 @@ import {
   LifecycleEvent,
   MigrateFlags,
 } from '../../engine/libvirt/protocol.js';
-import { REPO, tempHome, waitFor } from '../helpers.js';
-
-const isRoot = process.platform === 'linux' && process.getuid?.() === 0;
-const GUEST = path.join(REPO, 'assets', 'lab-guest', 'ferry-lab-guest.bin');
-
-function domainXml(name: string, serial: string): string {
-  return `<domain type='qemu'>
-  <name>${name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>${GUEST}</kernel>
-    <cmdline>ws=8 rate=5</cmdline>
-  </os>
-  <devices>
-    <serial type='file'><source path='${serial}'/><target port='0'/></serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`;
-}
+import { tempHome, waitFor } from '../helpers.js';
+import { isRoot, labGuestDomainXml } from '../libvirt-support.js';
 
 describe.skipIf(!isRoot)('libvirt RPC client against the lab (root)', () => {
   let home: string;
@@ -117,7 +97,9 @@ describe.skipIf(!isRoot)('libvirt RPC client against the lab (root)', () => {
     c.on('event', (e) => events.push(e));
     const cb = await c.registerDomainEvent(DomainEventId.LIFECYCLE, null);
     const name = `${path.basename(home)}-life`;
-    let dom = await c.domainDefineXmlFlags(domainXml(name, path.join(lab1.sharedDir, `${name}.log`)));
+    let dom = await c.domainDefineXmlFlags(
+      labGuestDomainXml(name, path.join(lab1.sharedDir, `${name}.log`), { memoryMiB: 64 }),
+    );
     expect(dom.id).toBe(-1);
     expect(dom.uuid).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
     try {
@@ -168,7 +150,7 @@ describe.skipIf(!isRoot)('libvirt RPC client against the lab (root)', () => {
     const src = await open(lab1.uris.ssh);
     const dst = await open(lab2.uris.ssh);
     const name = `${path.basename(home)}-mig`;
-    const xml = domainXml(name, path.join(lab1.sharedDir, `${name}.log`));
+    const xml = labGuestDomainXml(name, path.join(lab1.sharedDir, `${name}.log`), { memoryMiB: 64 });
     let dom = await src.domainCreateWithFlags(await src.domainDefineXmlFlags(xml));
     const events: LibvirtEvent[] = [];
     src.on('event', (e) => events.push(e));

@@ -3,43 +3,28 @@
 // another folder of the same host (libvirt block copy and pivot, the domain never paused), the same
 // move cancelled from another process, a shared-nothing move between the two hosts (the disk copied
 // from lab1's private folder into lab2's), and its refusal for a disk both hosts already share.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { HostSummary, MigrationEvent, Summary, VmSummary } from '../../engine/api/index.js';
+import type { HostSummary, VmSummary } from '../../engine/api/index.js';
 import { parseLabGuestSerial, type LabGuestReport } from '../../engine/host/lab-guest.js';
 import { parseDomainDisks } from '../../engine/host/libvirt/storage.js';
 import { libvirtLabMachines, stopLibvirtLab, type LibvirtLabMachine } from '../../engine/host/libvirt/lab.js';
-import { ferry, REPO, tempHome, waitFor } from '../helpers.js';
-import { isRoot, labGuestDomainXml, moveEvents, phaseTrail, sh, virsh } from '../libvirt-support.js';
-
-const ALL_PHASES = '1+ 1- 2+ 2- 3+ 3- 4+ 4- 5+ 5- 6+ 6-';
-/** A folder every libvirt host has, but each lab machine its own (its /var/lib/libvirt is private). */
-const PRIVATE = '/var/lib/libvirt/images';
-
-function summaryOf(events: MigrationEvent[]): Summary {
-  const s = events.at(-1);
-  if (!s || s.type !== 'summary') throw new Error(`no summary in ${JSON.stringify(events.slice(-3))}`);
-  return s;
-}
-
-/** `ferry …` in a child process whose events can be read while it runs. */
-function spawnFerry(
-  home: string,
-  args: string[],
-): { events: () => MigrationEvent[]; done: Promise<{ code: number; events: MigrationEvent[] }> } {
-  const child = spawn(process.execPath, [path.join(REPO, 'bin', 'ferry.js'), ...args], {
-    env: { ...process.env, FERRY_HOME: home },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-  const done = new Promise<{ code: number; events: MigrationEvent[] }>((resolve) =>
-    child.once('exit', (code) => resolve({ code: code ?? 1, events: moveEvents(out) })),
-  );
-  return { events: () => moveEvents(out.slice(0, out.lastIndexOf('\n') + 1)), done };
-}
+import { ferry, tempHome, waitFor } from '../helpers.js';
+import {
+  ALL_PHASES,
+  domainNames,
+  isRoot,
+  labGuestDomainXml,
+  moveEvents,
+  phaseTrail,
+  PRIVATE,
+  privateDir,
+  sh,
+  spawnFerry,
+  summaryOf,
+  virsh,
+} from '../libvirt-support.js';
 
 describe.skipIf(!isRoot)('moving the disks of libvirt domains (root, libvirt lab)', () => {
   let home: string;
@@ -47,8 +32,6 @@ describe.skipIf(!isRoot)('moving the disks of libvirt domains (root, libvirt lab
   let lab2: LibvirtLabMachine;
   /** The lab's shared folder (both hosts' storage root), as `ferry host list` gives it. */
   let shared: string;
-  /** Where a lab machine's PRIVATE folder is, as this computer sees it. */
-  const privateDir = (m: LibvirtLabMachine): string => path.join(m.dir, 'var', 'lib', 'libvirt', 'images');
   const serialOf = (vm: string): string => path.join(shared, `${vm}.serial.log`);
   const report = (vm: string): LabGuestReport =>
     parseLabGuestSerial(fs.existsSync(serialOf(vm)) ? fs.readFileSync(serialOf(vm), 'utf8') : '');
@@ -67,8 +50,6 @@ describe.skipIf(!isRoot)('moving the disks of libvirt domains (root, libvirt lab
     parseDomainDisks(await virsh(m.uris.tcp, 'dumpxml', ...(inactive ? ['--inactive'] : []), vm)).find(
       (d) => d.target === 'vda',
     )!;
-  const domains = async (m: LibvirtLabMachine): Promise<string[]> =>
-    (await virsh(m.uris.tcp, 'list', '--all', '--name')).split('\n').filter(Boolean);
 
   /** A qcow2 image of 64 MiB holding data (the lab guest never writes its disk), and a copy of it. */
   async function image(file: string, original: string): Promise<void> {
@@ -273,7 +254,7 @@ describe.skipIf(!isRoot)('moving the disks of libvirt domains (root, libvirt lab
       }
 
       // The domain runs on lab2, on the same path in lab2's own folder, holding what lab1's held.
-      expect(await domains(lab1)).not.toContain(vm);
+      expect(await domainNames(lab1)).not.toContain(vm);
       expect(await virsh(lab2.uris.tcp, 'domstate', vm)).toBe('running');
       expect(await disk(lab2, vm)).toMatchObject({ source: file, format: 'qcow2' });
       expect(await disk(lab2, vm, true)).toMatchObject({ source: file, format: 'qcow2' });
@@ -315,7 +296,7 @@ describe.skipIf(!isRoot)('moving the disks of libvirt domains (root, libvirt lab
       expect(summaryOf(events)).toMatchObject({ status: 'refused' });
       expect(summaryOf(events).reason).toContain('as the very same file');
       expect(await virsh(lab1.uris.tcp, 'domstate', vmShared)).toBe('running');
-      expect(await domains(lab2)).not.toContain(vmShared);
+      expect(await domainNames(lab2)).not.toContain(vmShared);
       expect((await disk(lab1, vmShared)).source).toBe(inShared);
       expect(fs.existsSync(inShared)).toBe(true);
     });

@@ -2,11 +2,9 @@
 // the libvirt lab's real daemons: images in the shared folder and in a folder private to each machine,
 // the shared-storage proof, the migration TLS check, and a storage-only move of a running domain's disk
 // (block copy, pivot, abort). Every test leaves no storage pool behind. Needs Linux and root.
-import { execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FerryError } from '../../engine/api/index.js';
 import { parseLabGuestSerial } from '../../engine/host/lab-guest.js';
@@ -29,20 +27,10 @@ import {
 } from '../../engine/host/libvirt/storage.js';
 import { type DomainRef, LibvirtClient } from '../../engine/libvirt/client.js';
 import { DomainFlags, DomainState } from '../../engine/libvirt/protocol.js';
-import { REPO, tempHome, waitFor } from '../helpers.js';
+import { tempHome, waitFor } from '../helpers.js';
+import { isRoot, labGuestDomainXml, PRIVATE, privateDir, sh, shOk, virsh } from '../libvirt-support.js';
 
-const run = promisify(execFile);
-const isRoot = process.platform === 'linux' && process.getuid?.() === 0;
-const GUEST = path.join(REPO, 'assets', 'lab-guest', 'ferry-lab-guest.bin');
 const MiB = 1048576n;
-/** A folder every libvirt host has, but each lab machine its own (its /var/lib/libvirt is private). */
-const PRIVATE = '/var/lib/libvirt/images';
-
-function virsh(uri: string, args: string[]): Promise<{ stdout: string }> {
-  const env = { ...process.env };
-  delete env.LIBVIRT_DEFAULT_URI;
-  return run('virsh', ['-q', '-c', uri, ...args], { env });
-}
 
 async function refusal(p: Promise<unknown>): Promise<FerryError> {
   const err = await p.then(
@@ -60,8 +48,6 @@ describe.skipIf(!isRoot)('files on libvirt hosts through the storage API (root)'
   let c1: LibvirtClient;
   let c2: LibvirtClient;
   let shared: string;
-  /** Where a lab machine's PRIVATE folder is, as this computer sees it. */
-  const privateDir = (m: LibvirtLabMachine): string => path.join(m.dir, 'var', 'lib', 'libvirt', 'images');
 
   beforeAll(async () => {
     home = tempHome('libvirt-storage');
@@ -98,7 +84,7 @@ describe.skipIf(!isRoot)('files on libvirt hosts through the storage API (root)'
       expect(s2!.allocation).toBeGreaterThan(0n);
       expect(s2!.allocation).toBeLessThan(64n * MiB);
       // What the file really is, read directly on this computer.
-      const info = JSON.parse((await run('qemu-img', ['info', '--output=json', q])).stdout) as {
+      const info = JSON.parse(await shOk('qemu-img', ['info', '--output=json', q])) as {
         format: string;
         'virtual-size': number;
       };
@@ -218,7 +204,7 @@ describe.skipIf(!isRoot)('files on libvirt hosts through the storage API (root)'
       fs.rmSync(path.join(shared, 'late.raw'));
     }
     // A defined, inactive pool blocks a transient one on its folder: it is started, then stopped again.
-    await virsh(lab2.uris.tcp, ['pool-define-as', 'parked', 'dir', '--target', PRIVATE]);
+    await virsh(lab2.uris.tcp, 'pool-define-as', 'parked', 'dir', '--target', PRIVATE);
     try {
       const f = path.join(PRIVATE, 'parked.raw');
       await createImage(c2, f, 'raw', MiB);
@@ -226,10 +212,10 @@ describe.skipIf(!isRoot)('files on libvirt hosts through the storage API (root)'
       await deleteImage(c2, f);
       expect(fs.existsSync(path.join(privateDir(lab2), 'parked.raw'))).toBe(false);
       expect(await withDirPool(c2, PRIVATE, async (pool) => pool.name)).toBe('parked');
-      const state = (await virsh(lab2.uris.tcp, ['pool-info', 'parked'])).stdout;
+      const state = await virsh(lab2.uris.tcp, 'pool-info', 'parked');
       expect(state).toMatch(/State:\s+inactive/);
     } finally {
-      await virsh(lab2.uris.tcp, ['pool-undefine', 'parked']);
+      await virsh(lab2.uris.tcp, 'pool-undefine', 'parked');
     }
     // Calls at once on one folder share one transient pool; all of them are gone after.
     const names = await Promise.all(
@@ -309,28 +295,9 @@ describe.skipIf(!isRoot)('files on libvirt hosts through the storage API (root)'
       for (const at of [0, 10, 37, 63])
         fs.writeSync(fd, crypto.randomBytes(1048576), 0, 1048576, at * 1048576);
       fs.closeSync(fd);
-      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, src]);
+      await shOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, src]);
       fs.rmSync(raw);
-      const xml = `<domain type='qemu'>
-  <name>${name}</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>${GUEST}</kernel>
-    <cmdline>ws=8 rate=5</cmdline>
-  </os>
-  <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='${src}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <serial type='file'><source path='${serial}'/><target port='0'/></serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`;
+      const xml = labGuestDomainXml(name, serial, { memoryMiB: 64, disk: { file: src, format: 'qcow2' } });
       dom = await c1.domainCreateWithFlags(await c1.domainDefineXmlFlags(xml));
       await moreBeats(0);
     });
@@ -407,7 +374,7 @@ describe.skipIf(!isRoot)('files on libvirt hosts through the storage API (root)'
 
       // Stopped: the copy holds exactly what the old disk held, and a new start uses the copy.
       await c1.domainDestroyFlags(dom);
-      const cmp = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', src, dst]);
+      const cmp = await sh('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', src, dst]);
       expect(cmp.stdout).toContain('Images are identical');
       dom = await c1.domainCreateWithFlags(dom);
       expect((await disk()).source).toBe(dst);
