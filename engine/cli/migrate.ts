@@ -9,6 +9,7 @@ import {
   PHASES,
   type HostSettings,
   type MigrationEvent,
+  type MoveOptions,
   type MoveRequest,
   type PreflightReport,
   type Summary,
@@ -37,7 +38,7 @@ function describe(e: MigrationEvent): string | null {
       return `queued: position ${e.position} (waiting for a free slot on ${e.from} or ${e.to})`;
     case 'started':
       if (e.kind === 'storage') return `moving ${e.vm}'s storage on ${e.from} (${e.id})`;
-      return `moving ${e.vm} ${e.from} → ${e.to} (${e.id}): ${e.options.performance}${e.options.performance !== 'tcp' ? ` ×${e.options.channels}` : ''}, bandwidth ${e.options.bandwidthMiBs ?? 'unlimited'}${e.options.bandwidthMiBs ? ' MiB/s' : ''}, downtime ${e.options.downtimeMs} ms, ${e.options.convergence}`;
+      return `moving ${e.vm} ${e.from} → ${e.to} (${e.id}): ${performanceText(e.options)}, bandwidth ${e.options.bandwidthMiBs ?? 'unlimited'}${e.options.bandwidthMiBs ? ' MiB/s' : ''}, downtime ${e.options.downtimeMs} ms, ${e.options.convergence}`;
     case 'phase':
       return e.state === 'started'
         ? `phase ${e.phase}/6 ${PHASES[e.phase - 1]!.title}…`
@@ -83,6 +84,13 @@ interface MoveFlags {
 }
 
 /** --storage-path DIR, or --disk-path disk0=DIR … */
+/** "compression (zstd) ×4", "compression (xbzrle)", "multichannel ×8", "tcp"; "encrypted" when it is. */
+function performanceText(o: MoveOptions): string {
+  const method = o.performance === 'compression' && o.compression ? ` (${o.compression})` : '';
+  const channels = o.channels > 1 && o.performance !== 'tcp' ? ` ×${o.channels}` : '';
+  return `${o.performance}${method}${channels}${o.encrypted ? ', encrypted' : ''}`;
+}
+
 function storageTargets(o: MoveFlags): Pick<MoveRequest, 'storagePath' | 'diskPaths'> {
   if (o.storagePath && o.diskPath)
     throw new FerryError('bad-input', 'use --storage-path or --disk-path, not both');

@@ -21,7 +21,7 @@
 // on the source). If this process itself dies, libvirt's connection cleanup undoes what it can; after
 // Perform it leaves the source paused, and libvirt-recovery.ts settles that at the next look.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { FerryError, PHASES, type PhaseName, type Sample, type Summary } from '../api/index.js';
+import { FerryError, type Sample, type Summary } from '../api/index.js';
 import type { DomainRef, LibvirtEvent, TypedParam } from '../libvirt/client.js';
 import { LibvirtError, paramNumber } from '../libvirt/client.js';
 import { DomainEventId, LifecycleEvent, MigrateFlags } from '../libvirt/protocol.js';
@@ -30,7 +30,13 @@ import { createImage, deleteImage } from '../host/libvirt/storage.js';
 import { ConvergenceWatch, type ConvergenceAction } from './convergence.js';
 import type { LibvirtMovePlan } from './libvirt-preflight.js';
 import { parseLabGuestSerial } from '../host/lab-guest.js';
-import { Cancelled, waitForHeartbeat, type MoveContext } from './live-migration.js';
+import {
+  Cancelled,
+  PhaseClock,
+  phaseDurations,
+  waitForHeartbeat,
+  type MoveContext,
+} from './live-migration.js';
 
 /** Samples go out at least this often while Perform runs (the console draws ≥ 4 a second). */
 const SAMPLE_MS = 200;
@@ -60,26 +66,10 @@ export async function libvirtMigration(
   plan: LibvirtMovePlan,
 ): Promise<Summary> {
   const name = ctx.vm.name;
-  const timings = new Map<number, { start: number; end: number | null }>();
+  const clock = new PhaseClock(ctx);
   const warnings: string[] = [];
-  let current = 0;
-  const begin = (phase: number): void => {
-    if (phase <= current) return;
-    // Never skip a phase: a first pass quicker than one poll of the job (the switch-over's pause seen
-    // first) still went through Memory pages.
-    if (current > 0 && phase > current + 1) begin(phase - 1);
-    if (current) end(current);
-    current = phase;
-    ctx.onPhase(phase);
-    timings.set(phase, { start: ctx.now(), end: null });
-    ctx.emit({ type: 'phase', phase, name: phaseName(phase), state: 'started', ms: null });
-  };
-  const end = (phase: number): void => {
-    const t = timings.get(phase);
-    if (!t || t.end !== null) return;
-    t.end = ctx.now();
-    ctx.emit({ type: 'phase', phase, name: phaseName(phase), state: 'completed', ms: t.end - t.start });
-  };
+  const begin = (phase: number): void => clock.begin(phase);
+  const end = (phase: number): void => clock.end(phase);
 
   const [src, dst] = await Promise.all([source.client(), dest.client()]);
   const prot = src.features.changeProtection ? MigrateFlags.CHANGE_PROTECTION : 0;
@@ -104,7 +94,7 @@ export async function libvirtMigration(
     if (e.kind !== 'lifecycle' || e.dom.uuid !== dom.uuid) return;
     if (e.event === LifecycleEvent.RESUMED || (e.event === LifecycleEvent.STARTED && stoppedAt !== null)) {
       if (resumedAt === null) resumedAt = Date.now();
-      if (current === 4) begin(5);
+      if (clock.current === 4) begin(5);
     }
   };
   // The destination's daemon gone (killed, or its link down past the keepalive): Finish can never run
@@ -189,7 +179,7 @@ export async function libvirtMigration(
     let aborting: string | null = null;
     let cancelled = false;
     while (!performDone) {
-      if (ctx.cancelRequested() && !cancelled && current <= 3) {
+      if (ctx.cancelRequested() && !cancelled && clock.current <= 3) {
         cancelled = true;
         await src.domainAbortJob(dom).catch(() => undefined);
       }
@@ -200,7 +190,7 @@ export async function libvirtMigration(
         const bytes = num(last, 'data_processed');
         const memory = num(last, 'memory_processed');
         const pass = Math.max(iteration, num(last, 'memory_iteration'));
-        if (copying && storageCopyMs === null && current >= 2) {
+        if (copying && storageCopyMs === null && clock.current >= 2) {
           // Phase 2 began without this loop seeing the copy end (the pause came first).
           storageCopyMs = ctx.now() - copyStart;
         } else if (copying && storageCopyMs === null) {
@@ -218,15 +208,15 @@ export async function libvirtMigration(
             begin(2);
           }
         }
-        if (pass >= 2 && current === 2) begin(3);
+        if (pass >= 2 && clock.current === 2) begin(3);
         if (bytes > lastBytes) {
           lastBytes = bytes;
           growthAt = t;
-        } else if (t - growthAt > STALL_MS && !aborting && current <= 3) {
+        } else if (t - growthAt > STALL_MS && !aborting && clock.current <= 3) {
           aborting = `the migration stalled: no bytes sent for ${Math.round((t - growthAt) / 1000)} s (link down or peer frozen)`;
           await src.domainAbortJob(dom).catch(() => undefined);
         }
-        if (destLost !== null && !aborting && !cancelled && current <= 3) {
+        if (destLost !== null && !aborting && !cancelled && clock.current <= 3) {
           const idle = t - growthAt;
           aborting =
             idle >= STALLED_TOO_MS
@@ -236,10 +226,10 @@ export async function libvirtMigration(
         }
         const rate = prev && t > prev.at ? (bytes - prev.bytes) / ((t - prev.at) / 1000) / 1048576 : 0;
         prev = { at: t, bytes };
-        const sample = sampleOf(last, t, Math.max(2, current), pass, rate, downtimeLimit);
-        if (current >= 2) ctx.emit({ type: 'sample', sample });
+        const sample = sampleOf(last, t, Math.max(2, clock.current), pass, rate, downtimeLimit);
+        if (clock.current >= 2) ctx.emit({ type: 'sample', sample });
         const action: ConvergenceAction =
-          current >= 2 && !aborting && !cancelled
+          clock.current >= 2 && !aborting && !cancelled
             ? watch.observe({
                 passes: pass,
                 remaining: num(last, 'memory_remaining'),
@@ -363,7 +353,7 @@ export async function libvirtMigration(
   } catch (err) {
     const isCancel = err instanceof Cancelled;
     const reason = isCancel ? 'cancelled by the administrator' : (err as Error).message;
-    if (current) end(current);
+    clock.stop();
     if (finished) {
       // The VM runs on the destination: go forward, never back.
       warnings.push(`after the switch-over: ${reason}`);
@@ -422,10 +412,7 @@ export async function libvirtMigration(
       bytes: num(stats, 'data_processed'),
       passes: Math.max(iteration, num(stats, 'memory_iteration')),
       storageCopyMs,
-      phases: PHASES.map((p) => {
-        const t = timings.get(p.phase);
-        return { phase: p.phase, name: p.name, ms: t && t.end !== null ? t.end - t.start : null };
-      }),
+      phases: phaseDurations(clock.timings),
       warnings,
     };
   }
@@ -433,10 +420,6 @@ export async function libvirtMigration(
 
 function num(params: TypedParam[], field: string): number {
   return paramNumber(params, field) ?? 0;
-}
-
-function phaseName(phase: number): PhaseName {
-  return PHASES[phase - 1]!.name;
 }
 
 /** One sample from libvirt's job statistics (the same figures Ferry's own driver reports). */

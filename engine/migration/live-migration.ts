@@ -69,25 +69,56 @@ export class Cancelled extends Error {
   }
 }
 
+/**
+ * The six phases as a move reports them: each start and end an event, and their durations in the
+ * summary. Phases only go forward, and none is skipped: a phase reached early (a pass quicker than a
+ * poll) still reports the one before it.
+ */
+export class PhaseClock {
+  current = 0;
+  readonly timings = new Map<number, { start: number; end: number | null }>();
+
+  constructor(private readonly ctx: Pick<MoveContext, 'now' | 'onPhase' | 'emit'>) {}
+
+  begin(phase: number): void {
+    if (phase <= this.current) return;
+    if (this.current > 0 && phase > this.current + 1) this.begin(phase - 1);
+    if (this.current) this.end(this.current);
+    this.current = phase;
+    this.ctx.onPhase(phase);
+    this.timings.set(phase, { start: this.ctx.now(), end: null });
+    this.ctx.emit({ type: 'phase', phase, name: phaseName(phase), state: 'started', ms: null });
+  }
+
+  end(phase: number): void {
+    const t = this.timings.get(phase);
+    if (!t || t.end !== null) return;
+    t.end = this.ctx.now();
+    this.ctx.emit({ type: 'phase', phase, name: phaseName(phase), state: 'completed', ms: t.end - t.start });
+  }
+
+  /** Ends the phase that runs (the move stops here). */
+  stop(): void {
+    if (this.current) this.end(this.current);
+  }
+}
+
+/** Each phase's duration, null for one never finished. */
+export function phaseDurations(timings: PhaseClock['timings']): Summary['phases'] {
+  return PHASES.map((p) => {
+    const t = timings.get(p.phase);
+    return { phase: p.phase, name: p.name, ms: t && t.end !== null ? t.end - t.start : null };
+  });
+}
+
 export async function liveMigration(ctx: MoveContext): Promise<Summary> {
   const { source, dest, vm, options } = ctx;
   const name = vm.name;
-  const timings = new Map<number, { start: number; end: number | null }>();
+  const clock = new PhaseClock(ctx);
+  const { timings } = clock;
   const warnings: string[] = [];
-  let current = 0;
-  const begin = (phase: number): void => {
-    if (current) end(current);
-    current = phase;
-    ctx.onPhase(phase);
-    timings.set(phase, { start: ctx.now(), end: null });
-    ctx.emit({ type: 'phase', phase, name: phaseName(phase), state: 'started', ms: null });
-  };
-  const end = (phase: number): void => {
-    const t = timings.get(phase);
-    if (!t || t.end !== null) return;
-    t.end = ctx.now();
-    ctx.emit({ type: 'phase', phase, name: phaseName(phase), state: 'completed', ms: t.end - t.start });
-  };
+  const begin = (phase: number): void => clock.begin(phase);
+  const end = (phase: number): void => clock.end(phase);
   const checkCancel = (): void => {
     if (ctx.cancelRequested()) throw new Cancelled();
   };
@@ -171,7 +202,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
             : 0;
         prevSample = { at: t, bytes: st.transferred };
         lastSampleAt = t;
-        ctx.emit({ type: 'sample', sample: sampleOf(st, t, current, rate) });
+        ctx.emit({ type: 'sample', sample: sampleOf(st, t, clock.current, rate) });
       }
       if (st.status === 'pre-switchover' || st.status === 'device' || st.status === 'completed') break;
       if (st.status === 'failed' || st.status === 'cancelled') {
@@ -315,7 +346,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
   } catch (err) {
     const cancelled = err instanceof Cancelled;
     const reason = cancelled ? 'cancelled by the administrator' : (err as Error).message;
-    if (current) end(current);
+    clock.stop();
     if (postcopy && destRunning) {
       // Part of the guest's memory is still on the source: keep both for QEMU's post-copy recovery
       // (migrate-pause / migrate-recover), never resume or kill the source here.
@@ -461,10 +492,7 @@ export function summary(
     bytes: last?.transferred ?? 0,
     passes: last?.passes ?? 0,
     storageCopyMs,
-    phases: PHASES.map((p) => {
-      const t = timings.get(p.phase);
-      return { phase: p.phase, name: p.name, ms: t && t.end !== null ? t.end - t.start : null };
-    }),
+    phases: phaseDurations(timings),
     warnings,
   };
 }

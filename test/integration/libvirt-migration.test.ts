@@ -250,6 +250,88 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
     await stillBeating('d2');
   });
 
+  it('refuses an encrypted move to a host without migration TLS certificates, and says how to provide them', async () => {
+    const cert = path.join(lab2.dir, 'etc/pki/qemu/server-cert.pem');
+    fs.renameSync(cert, `${cert}.away`);
+    try {
+      const r = await ferry(home, ['move', 'd1', '--to', 'lab2', '--check', '--json']);
+      expect(r.code).toBe(2);
+      const report = JSON.parse(r.stdout) as { errors: { code: string; message: string }[] };
+      const e = report.errors.find((x) => x.code === 'encryption-unavailable');
+      expect(e?.message).toMatch(/lab2: .*server-cert\.pem/);
+      expect(e?.message).toMatch(/\/etc\/pki\/qemu/);
+      const move = await ferry(home, ['move', 'd1', '--to', 'lab2', '--json']);
+      expect(move.code).toBe(2);
+      expect(summaryOf(moveEvents(move.stdout)).status).toBe('refused');
+      expect(await virsh(lab1.uris.tcp, 'domstate', 'd1')).toBe('running');
+      // "When available": the move may go, unencrypted, and the pre-flight says so.
+      for (const h of ['lab1', 'lab2'])
+        expect((await ferry(home, ['host', 'settings', h, '--set', 'encryption=when-available'])).code).toBe(
+          0,
+        );
+      const relaxed = JSON.parse(
+        (await ferry(home, ['move', 'd1', '--to', 'lab2', '--check', '--json'])).stdout,
+      ) as {
+        errors: unknown[];
+        warnings: { code: string }[];
+      };
+      expect(relaxed.errors).toEqual([]);
+      expect(relaxed.warnings.map((w) => w.code)).toContain('unencrypted');
+    } finally {
+      fs.renameSync(`${cert}.away`, cert);
+      for (const h of ['lab1', 'lab2'])
+        await ferry(home, ['host', 'settings', h, '--set', 'encryption=required']);
+    }
+  });
+
+  it('raises libvirt’s maximum downtime while a move does not converge, then aborts at the ceiling', async () => {
+    // 16 MiB rewritten ten times a second over an 8 MiB/s link: each pass leaves ~2 s of downtime
+    // (over TCP/IP: xbzrle would send only the few changed bytes of each page and converge).
+    const c = await ferry(home, [
+      'vm',
+      'create',
+      'cv',
+      '--host',
+      'lab1',
+      '--memory',
+      '128',
+      '--lab-guest',
+      '--working-set',
+      '16',
+      '--dirty-rate',
+      '160',
+    ]);
+    expect(c.code, c.stderr).toBe(0);
+    expect((await ferry(home, ['vm', 'start', 'cv'])).code).toBe(0);
+    expect((await ferry(home, ['host', 'settings', 'lab1', '--set', 'downtimeCeilingMs=400'])).code).toBe(0);
+    const r = await ferry(home, [
+      'move',
+      'cv',
+      '--to',
+      'lab2',
+      '--performance',
+      'tcp',
+      '--bandwidth',
+      '8',
+      '--downtime',
+      '100',
+      '--convergence',
+      'raise-downtime',
+      '--json',
+    ]);
+    const events = moveEvents(r.stdout);
+    const steps = events.flatMap((e) => (e.type === 'escalation' ? [e.step] : []));
+    expect(steps).toEqual(['raise-downtime', 'raise-downtime', 'abort']);
+    const raised = events.flatMap((e) => (e.type === 'sample' ? [e.sample.downtimeLimitMs] : []));
+    expect(raised).toContain(400);
+    const s = summaryOf(events);
+    expect(s.status).toBe('failed');
+    expect(s.reason).toMatch(/did not converge/);
+    expect(await virsh(lab1.uris.tcp, 'domstate', 'cv')).toBe('running');
+    expect(await domainNames(lab2)).not.toContain('cv');
+    expect((await ferry(home, ['vm', 'stop', 'cv', '--force'])).code).toBe(0);
+  });
+
   it('refuses a move between a libvirt host and one of Ferry’s own hosts before anything changes', async () => {
     await new Inventory(home).addLocalHost('local');
     const r = await ferry(home, ['move', 'mv', '--to', 'local', '--check', '--json']);
