@@ -194,15 +194,24 @@ export async function libvirtMigration(
           // Phase 2 began without this loop seeing the copy end (the pause came first).
           storageCopyMs = ctx.now() - copyStart;
         } else if (copying && storageCopyMs === null) {
+          // Per disk from its mirror job (libvirt copies each disk with one); the job's disk totals,
+          // shared out by size, where a disk's job cannot be read.
           const total = num(last, 'disk_total');
-          ctx.emit({
-            type: 'storage-copy',
-            disks: plan.copies.map((c) => ({
-              id: c.target,
-              copied: Math.round((num(last, 'disk_processed') * Number(c.capacity)) / Math.max(1, total)),
-              total: Number(c.capacity),
-            })),
-          });
+          const disks = await Promise.all(
+            plan.copies.map(async (c) => {
+              const job = await src.domainGetBlockJobInfo(dom, c.target, 0).catch(() => null);
+              return job && job.found && job.end > 0n
+                ? { id: c.target, copied: Number(job.cur), total: Number(job.end) }
+                : {
+                    id: c.target,
+                    copied: Math.round(
+                      (num(last, 'disk_processed') * Number(c.capacity)) / Math.max(1, total),
+                    ),
+                    total: Number(c.capacity),
+                  };
+            }),
+          );
+          ctx.emit({ type: 'storage-copy', disks });
           if (memory > 0) {
             storageCopyMs = ctx.now() - copyStart;
             begin(2);

@@ -98,10 +98,17 @@ describe.skipIf(!isRoot)('faults during moves between libvirt hosts (root, libvi
     if (!rec) throw new Error(`no record ${id}`);
     return rec;
   };
+  /** Phase 2 with memory really flowing (QEMU's stream connected), so a fault hits the copy itself. */
   const phase2 = async (child: Move): Promise<MigrationEvent> =>
-    waitFor('phase 2', async () =>
-      child.events().find((e) => e.type === 'phase' && e.phase === 2 && e.state === 'started'),
-    );
+    waitFor('phase 2 with bytes sent', async () => {
+      const events = child.events();
+      const flowing = events.some(
+        (e) => e.type === 'sample' && e.sample.phase === 2 && e.sample.bytesSent > 0,
+      );
+      return flowing
+        ? events.find((e) => e.type === 'phase' && e.phase === 2 && e.state === 'started')
+        : undefined;
+    });
 
   beforeAll(async () => {
     home = tempHome('libvirt-faults');
