@@ -395,8 +395,22 @@ describe('concurrent moves within per-host limits (R5)', () => {
   it('holds the limits across Ferry processes (three shells at once, limit 1)', async () => {
     for (const h of ['lab1', 'lab2']) await (await inv.host(h)).updateSettings({ maxLiveMigrations: 1 });
     const runs = await Promise.all(
+      // Slowed to a few seconds each, so all three shells are up before the first move ends (an idle
+      // machine otherwise finishes one before another's Node has started).
       ['q1', 'q2', 'q3'].map((vm) =>
-        ferry(home, ['move', vm, '--to', 'lab1', '--performance', 'tcp', '--json']),
+        ferry(home, [
+          'move',
+          vm,
+          '--to',
+          'lab1',
+          '--performance',
+          'tcp',
+          '--bandwidth',
+          '16',
+          '--downtime',
+          '2000',
+          '--json',
+        ]),
       ),
     );
     const events = runs.map((r) =>
