@@ -292,8 +292,10 @@ describe('the console in a browser', () => {
     await screenshot(page, 'progress-finished');
 
     await page.locator('[data-testid="progress-close"]').click();
+    // The dialog is gone (not fading over the host list) before the host is chosen.
+    await page.locator('[data-testid="progress-close"]').waitFor({ state: 'detached' });
     await page.locator('[data-host="lab2"]').click();
-    await page.locator('[data-testid="vm-table"] .vm-name', { hasText: 'demo' }).waitFor();
+    await page.locator('[data-testid="vm-table"] .vm-name', { hasText: 'demo' }).waitFor({ timeout: 60_000 });
     expect(await vmHost('demo')).toBe('lab2');
     const [last] = await migrations();
     expect(last).toMatchObject({ vm: 'demo', from: 'lab1', to: 'lab2', status: 'completed' });
