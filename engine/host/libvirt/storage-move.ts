@@ -29,6 +29,7 @@ import {
   startBlockCopy,
   statFile,
   xmlEscape,
+  xmlUnescape,
 } from './storage.js';
 
 /** REMOTE_PROC_DOMAIN_SET_METADATA / GET_METADATA (remote_protocol.x). */
@@ -66,23 +67,12 @@ function planXml(disks: PlannedDisk[]): string {
   return `<move>${items.join('')}</move>`;
 }
 
-function unescapeAttr(s: string): string {
-  return s
-    .replace(/&lt;/g, '<')
-    .replace(/&gt;/g, '>')
-    .replace(/&apos;/g, "'")
-    .replace(/&quot;/g, '"')
-    .replace(/&#(\d+);/g, (_m, d: string) => String.fromCodePoint(Number(d)))
-    .replace(/&#x([0-9a-f]+);/gi, (_m, h: string) => String.fromCodePoint(parseInt(h, 16)))
-    .replace(/&amp;/g, '&');
-}
-
 /** The disks of a plan element as libvirt hands it back (it may carry a namespace prefix). */
 function parsePlan(xml: string): PlannedDisk[] {
   const out: PlannedDisk[] = [];
   for (const m of xml.matchAll(/<(?:[\w.-]+:)?disk\b([^>]*?)\/?>/g)) {
     const attrs = new Map<string, string>();
-    for (const a of m[1]!.matchAll(/([\w:.-]+)=(['"])([\s\S]*?)\2/g)) attrs.set(a[1]!, unescapeAttr(a[3]!));
+    for (const a of m[1]!.matchAll(/([\w:.-]+)=(['"])([\s\S]*?)\2/g)) attrs.set(a[1]!, xmlUnescape(a[3]!));
     const id = attrs.get('id');
     const from = attrs.get('from');
     const to = attrs.get('to');

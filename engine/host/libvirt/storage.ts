@@ -80,7 +80,7 @@ export function xmlEscape(s: string): string {
     .replace(/"/g, '&quot;');
 }
 
-function xmlUnescape(s: string): string {
+export function xmlUnescape(s: string): string {
   return s
     .replace(/&lt;/g, '<')
     .replace(/&gt;/g, '>')
