@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { CheckItem, MoveOptions, MoveRequestParsed, VmConfig } from '../api/index.js';
 import type { LibvirtClient, TypedParam } from '../libvirt/client.js';
-import { MigrateFlags } from '../libvirt/protocol.js';
+import { JobType, MigrateFlags } from '../libvirt/protocol.js';
 import { LibvirtHost } from '../host/libvirt/libvirt-host.js';
 import { migrationTlsReady, parseDomainDisks, proveSharedFolder, statFile } from '../host/libvirt/storage.js';
 import { judge, resolveOptions, type HostView, type Prepared } from './preflight.js';
@@ -30,6 +30,21 @@ export interface LibvirtMovePlan {
   /** Source files deleted after a successful shared-nothing move (none with keep-source). */
   deleteSource: string[];
 }
+
+/** virDomainJobOperation, as GET_JOB_STATS names it in its `operation` field. */
+const JOB_OPERATIONS = [
+  'an operation',
+  'a start',
+  'a save',
+  'a restore',
+  'an incoming migration',
+  'a migration',
+  'a snapshot',
+  'a snapshot revert',
+  'a memory dump',
+  'a backup',
+  'a snapshot deletion',
+];
 
 /** libvirt 9.4 brought multifd zlib/zstd to its migration API; before it only xbzrle and mt. */
 const MULTIFD_COMPRESSION_SINCE = '9.4.0';
@@ -128,7 +143,22 @@ export async function libvirtMovePreflight(
 
   // A host block device given to the guest (<disk type='block'>) is a pass-through disk; a file that
   // merely lies under /dev (a tmpfs such as /dev/shm) is not.
-  const liveDisks = parseDomainDisks(await src.domainGetXmlDesc(await src.lookupDomainByName(vm.name), 0));
+  const dom = await src.lookupDomainByName(vm.name);
+  const [liveXml, job] = await Promise.all([
+    src.domainGetXmlDesc(dom, 0),
+    src.domainGetJobStats(dom, 0).catch(() => null),
+  ]);
+  const liveDisks = parseDomainDisks(liveXml);
+  // A job already running on the domain (a migration started elsewhere, a dump, a backup): libvirt
+  // would refuse Begin only after its 30 s state-change-lock timeout, with a message about locks.
+  if (job && (job.type === JobType.BOUNDED || job.type === JobType.UNBOUNDED)) {
+    const op = job.params.find((p) => p.field === 'operation')?.value;
+    const what = JOB_OPERATIONS[typeof op === 'number' ? op : 0] ?? JOB_OPERATIONS[0]!;
+    errors.push({
+      code: 'vm-busy',
+      message: `${vm.name} is busy on ${s.name}: ${what} is running on it; wait for it to end or abort it (virsh domjobabort ${vm.name}), then move again`,
+    });
+  }
   errors.push(
     ...judge({
       request,

@@ -210,6 +210,53 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
     await stillBeating('mv');
   });
 
+  it('refuses to move a VM while another libvirt job runs on it, names the job, and changes nothing', async () => {
+    // An administrator's own `virsh migrate`, crawling at 1 MiB/s, holds the domain's migration job.
+    const [from, to] = (await domainNames(lab1)).includes('mv') ? [lab1, lab2] : [lab2, lab1];
+    const [fromName, toName] = [`lab${from.index}`, `lab${to.index}`];
+    const outside = spawn(
+      'virsh',
+      [
+        '-c',
+        from.uris.tcp,
+        'migrate',
+        '--live',
+        '--bandwidth',
+        '1',
+        'mv',
+        to.uris.tcp,
+        '--migrateuri',
+        `tcp://${to.address}`,
+      ],
+      { stdio: 'ignore' },
+    );
+    const exited = new Promise<number>((resolve) => outside.once('exit', (code) => resolve(code ?? 1)));
+    try {
+      await waitFor('the outside migration job', async () =>
+        /^Job type:\s+Unbounded/m.test(await virsh(from.uris.tcp, 'domjobinfo', 'mv')),
+      );
+      const check = await ferry(home, ['move', 'mv', '--to', toName, '--check', '--json']);
+      expect(check.code, check.stderr).toBe(2);
+      const report = JSON.parse(check.stdout) as { errors: { code: string; message: string }[] };
+      const busy = report.errors.find((e) => e.code === 'vm-busy');
+      expect(busy?.message).toMatch(
+        new RegExp(`^mv is busy on ${fromName}: a migration is running on it; .*virsh domjobabort mv`),
+      );
+      // The move itself is refused by the same check before anything changes.
+      const move = await ferry(home, ['move', 'mv', '--to', toName, '--json']);
+      expect(move.code).toBe(2);
+      const s = summaryOf(moveEvents(move.stdout));
+      expect(s.status).toBe('refused');
+      expect(s.reason).toMatch(new RegExp(`busy on ${fromName}`));
+    } finally {
+      await virsh(from.uris.tcp, 'domjobabort', 'mv').catch(() => undefined);
+      await exited;
+    }
+    expect(await virsh(from.uris.tcp, 'domstate', 'mv')).toBe('running');
+    expect(await domainNames(to)).not.toContain('mv');
+    await stillBeating('mv');
+  });
+
   it('drains a libvirt host within its limit of one live migration at a time: the others queue', async () => {
     for (const vm of ['d1', 'd2']) {
       const c = await ferry(home, [
