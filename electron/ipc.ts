@@ -4,7 +4,7 @@
 import type { IpcMain, IpcMainEvent, IpcMainInvokeEvent, WebContents } from 'electron';
 import { z } from 'zod';
 import { api, isMethod, type ApiError, type ServerEvent } from '../engine/api/index.js';
-import { toApiError, type ApiService } from '../engine/service/api-service.js';
+import { badInput, toApiError, type ApiService } from '../engine/service/api-service.js';
 import type { IpcReply } from './bridge.js';
 import { CALL_CHANNEL, EVENT_CHANNEL, SUBSCRIBE_CHANNEL } from './channels.js';
 
@@ -29,11 +29,11 @@ const refused = (code: string, message: string): IpcReply => ({ ok: false, error
 export async function handleCall(engine: ApiEngine, payload: unknown): Promise<IpcReply> {
   const call = IpcCallSchema.safeParse(payload);
   if (!call.success)
-    return refused('bad-input', `a call is { method, input }: ${z.prettifyError(call.error)}`);
+    return { ok: false, error: badInput('a call is { method, input }', call.error).toJSON() };
   const { method, input } = call.data;
   if (!isMethod(method)) return refused('bad-input', `unknown API method "${method}"`);
   const parsed = api[method].input.safeParse(input ?? {});
-  if (!parsed.success) return refused('bad-input', `${method}: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) return { ok: false, error: badInput(method, parsed.error).toJSON() };
   try {
     // The raw input, not parsed.data: the engine parses again itself and must see what the page sent.
     return { ok: true, result: (await engine.call(method, input ?? {})) ?? null };

@@ -1,11 +1,12 @@
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-import { app, BrowserWindow, ipcMain, screen, session } from 'electron';
+import { app, BrowserWindow, dialog, ipcMain, screen, session } from 'electron';
 
 import { ApiService } from '../engine/service/api-service.js';
+import { confirmWithDialog } from './confirm.js';
 import { bindApi } from './ipc.js';
-import { installNavigationGuards, isAppUrl, restrictPermissions, secureWindowOptions } from './window.js';
+import { installNavigationGuards, isAppUrl, restrictPermissions, windowFrameOptions } from './window.js';
 import { fitToDisplays, readWindowState, STATE_FILE, trackWindowState } from './window-state.js';
 
 // Paths are relative to the bundle in out/main/ (see electron.vite.config.ts).
@@ -30,7 +31,28 @@ export function createMainWindow(): BrowserWindow {
     readWindowState(stateFile),
     screen.getAllDisplays().map((d) => d.workArea),
   );
-  const win = new BrowserWindow(secureWindowOptions(PRELOAD_PATH, state));
+  // The web preferences are written out here, where the window is made, so that reviewers and
+  // electronegativity (test/unit/electron-scan.test.ts) see them as they are.
+  const win = new BrowserWindow({
+    ...windowFrameOptions(state),
+    webPreferences: {
+      preload: PRELOAD_PATH,
+      // The renderer is an untrusted web page: no Node, isolated preload world, OS sandbox.
+      contextIsolation: true,
+      sandbox: true,
+      nodeIntegration: false,
+      nodeIntegrationInWorker: false,
+      nodeIntegrationInSubFrames: false,
+      webSecurity: true,
+      allowRunningInsecureContent: false,
+      webviewTag: false,
+      experimentalFeatures: false,
+      // A middle click must not open a link in a new window (the window-open handler denies it too).
+      disableBlinkFeatures: 'Auxclick',
+      // The console needs no spell checker, and its dictionaries would be downloaded from Google.
+      spellcheck: false,
+    },
+  });
   installNavigationGuards(win.webContents, target.url);
   trackWindowState(win, stateFile);
   win.once('ready-to-show', () => {
@@ -57,7 +79,12 @@ app
     restrictPermissions(session.defaultSession, isApp);
     // The engine runs here, in the main process: the renderer reaches it only through the preload's API.
     // VMs are separate QEMU processes, so they keep running when the app quits.
-    const unbind = bindApi(ipcMain, new ApiService(), isApp);
+    // The renderer is an API client: administrator-only settings need the user's yes in a native dialog.
+    const engine = new ApiService(undefined, {
+      role: 'client',
+      confirmAdminChange: confirmWithDialog(dialog, () => BrowserWindow.getFocusedWindow()),
+    });
+    const unbind = bindApi(ipcMain, engine, isApp);
     app.on('will-quit', unbind);
     createMainWindow();
     app.on('activate', () => {

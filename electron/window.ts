@@ -3,13 +3,13 @@ import type { BrowserWindowConstructorOptions, Session, WebContents } from 'elec
 import type { WindowState } from './window-state.js';
 
 /**
- * BrowserWindow options for the Ferry console. Kept pure (no Electron runtime import)
- * so the security posture is unit-testable without an Electron binary.
+ * The window's frame (size, position, title) for the Ferry console. Its webPreferences are written out
+ * where the window is created (main.ts), so they can be read there as they are. Kept pure (no Electron
+ * runtime import) so it is unit-testable without an Electron binary.
  */
-export function secureWindowOptions(
-  preloadPath: string,
+export function windowFrameOptions(
   state: WindowState = { width: 1280, height: 800, maximized: false },
-): BrowserWindowConstructorOptions {
+): Omit<BrowserWindowConstructorOptions, 'webPreferences'> {
   return {
     width: state.width,
     height: state.height,
@@ -19,20 +19,6 @@ export function secureWindowOptions(
     title: 'Ferry',
     // Shown on 'ready-to-show' to avoid a blank flash while the renderer boots.
     show: false,
-    webPreferences: {
-      preload: preloadPath,
-      // The renderer is an untrusted web page: no Node, isolated preload world, OS sandbox.
-      contextIsolation: true,
-      sandbox: true,
-      nodeIntegration: false,
-      nodeIntegrationInWorker: false,
-      nodeIntegrationInSubFrames: false,
-      webSecurity: true,
-      allowRunningInsecureContent: false,
-      webviewTag: false,
-      // The console needs no spell checker, and its dictionaries would be downloaded from Google.
-      spellcheck: false,
-    },
   };
 }
 

@@ -22,6 +22,10 @@ const KINDS = {
   'unknown-migration': 'refused',
   'cancel-refused': 'refused',
   'not-supported': 'refused',
+  /** An API client (web token, renderer) asked for what only the administrator's CLI may do. */
+  'not-permitted': 'refused',
+  /** A client holds too many connections or calls in flight; it may try again when some are done. */
+  'rate-limited': 'refused',
   // Reaching a host over the network (libvirt): each says which of the usual causes it is.
   'bad-uri': 'refused',
   'host-unreachable': 'refused',

@@ -235,7 +235,7 @@ export function buildProgram(io: Io, inv: Inventory): Command {
         const disks: DiskRequest[] = [];
         if (o.disk !== undefined) disks.push({ kind: 'new', sizeGiB: o.disk });
         if (o.diskImage !== undefined) disks.push({ kind: 'image', path: o.diskImage });
-        const info = await inv.createVm({
+        const request = {
           name,
           host: o.host,
           memoryMiB: o.memory,
@@ -246,7 +246,10 @@ export function buildProgram(io: Io, inv: Inventory): Command {
           labGuest: o.labGuest
             ? { workingSetMiB: o.workingSet ?? 64, dirtyRateMiBs: o.dirtyRate ?? 50 }
             : null,
-        });
+        };
+        const info = await inv.createVm(request);
+        // Allowed to the administrator, but a disk outside shared storage cannot move without its storage.
+        for (const w of await inv.diskWarnings(request).catch(() => [])) say(`warning: ${w}`);
         if (o.json) return json(info);
         say(
           `created ${info.name} on ${info.host} (${info.memoryMiB} MiB, ${info.cpus} vCPU, ${info.machineType})`,
@@ -340,11 +343,18 @@ export function buildProgram(io: Io, inv: Inventory): Command {
     .command('web')
     .description('serve the console in a browser (127.0.0.1, with an access token in the URL)')
     .addOption(new Option('--port <n>', 'port (0 = any free port)').argParser(int(0, 65535)).default(0))
-    .option('--host <address>', 'address to listen on', '127.0.0.1')
-    .action(async (o: { port: number; host: string }) => {
-      const { startWebServer } = await import('../web/server.js');
-      const service = new ApiService(inv);
-      const server = await startWebServer({ port: o.port, host: o.host, service });
+    .option(
+      '--host <address>',
+      'address to listen on (other than loopback only with --tls-cert/--tls-key)',
+      '127.0.0.1',
+    )
+    .option('--tls-cert <file>', 'serve https/wss with this certificate (PEM)')
+    .option('--tls-key <file>', "the certificate's private key (PEM)")
+    .action(async (o: { port: number; host: string; tlsCert?: string; tlsKey?: string }) => {
+      const { startWebServer, webTls } = await import('../web/server.js');
+      const tls = await webTls(o.host, o.tlsCert, o.tlsKey); // beyond loopback only with TLS
+      const service = new ApiService(inv, { role: 'client' }); // web token holders are API clients
+      const server = await startWebServer({ port: o.port, host: o.host, service, tls });
       // The URL goes to stdout (scripts and tests read it); everything else to stderr.
       io.out(`${server.url}\n`);
       say(`Ferry console: open ${server.url}  (Ctrl-C stops it)`);

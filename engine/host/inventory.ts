@@ -9,12 +9,14 @@ import {
   HostRecordSchema,
   type CreateVmRequest,
   type HostRecord,
+  type HostSettings,
   type HostSummary,
   type VmInfo,
   type VmSummary,
 } from '../api/index.js';
 import { LibvirtClient } from '../libvirt/client.js';
 import { parseLibvirtUri } from '../libvirt/transport.js';
+import { probeQemu } from '../qemu/probe.js';
 import { detectAccel } from '../qemu/system.js';
 import type { HostDriver } from './driver.js';
 import { createLink, planLink, removeLink } from './lab-link.js';
@@ -22,7 +24,7 @@ import { closeLibvirtConnections, libvirtConnection } from './libvirt/connection
 import { assertLibvirtLabPossible, startLibvirtLab, stopLibvirtLab } from './libvirt/lab.js';
 import { LibvirtHost } from './libvirt/libvirt-host.js';
 import { LocalHost } from './local/local-host.js';
-import { ferryHome, readJson, socketDir, withLock, writeJsonAtomic } from './store.js';
+import { ferryHome, isInside, readJson, realPathOf, socketDir, withLock, writeJsonAtomic } from './store.js';
 
 export interface HostStatus {
   connected: boolean;
@@ -48,6 +50,30 @@ type InventoryFile = z.infer<typeof InventorySchema>;
 
 /** Lab hosts get port ranges 100 apart from here. */
 const LAB_PORT_BASE = 47100;
+
+/**
+ * Settings only the administrator may change: a QEMU binary is a program Ferry runs, and the storage
+ * roots bound which files VMs may use as disks. API clients (web token, renderer) are refused them
+ * (engine/service/api-service.ts), unless the desktop app's main process asked the person at the machine.
+ */
+export const ADMIN_ONLY_SETTINGS = ['qemuBinary', 'storageRoots'] as const;
+export type AdminOnlySetting = (typeof ADMIN_ONLY_SETTINGS)[number];
+
+/** The administrator-only settings a patch really changes (a client resending the current value is fine). */
+export function adminOnlyChanges(patch: Partial<HostSettings>, current: HostSettings): AdminOnlySetting[] {
+  return ADMIN_ONLY_SETTINGS.filter(
+    (k) => patch[k] !== undefined && JSON.stringify(patch[k]) !== JSON.stringify(current[k]),
+  );
+}
+
+/** A path of a VM request (an existing disk image, or the folder for new disks) and where it really is. */
+export interface RequestPath {
+  what: 'disk image' | 'storage path';
+  path: string;
+  /** Symlinks resolved (libvirt hosts: only normalized, the file is on the server). */
+  real: string;
+  inRoots: boolean;
+}
 
 export class Inventory {
   constructor(readonly home: string = ferryHome()) {}
@@ -75,8 +101,58 @@ export class Inventory {
     return (await this.load()).hosts;
   }
 
+  /**
+   * The driver of a host. Every settings change through it is checked: a QEMU binary must be one Ferry
+   * probes as QEMU, storage roots absolute folders. Who may change what is the API service's business.
+   */
   driverFor(record: HostRecord): HostDriver {
-    return record.kind === 'libvirt' ? new LibvirtHost(record) : new LocalHost(record);
+    const driver: HostDriver = record.kind === 'libvirt' ? new LibvirtHost(record) : new LocalHost(record);
+    const update = driver.updateSettings.bind(driver);
+    driver.updateSettings = async (patch) => {
+      await checkSettingsPatch(driver, patch);
+      return update(patch);
+    };
+    return driver;
+  }
+
+  /**
+   * The paths a VM request names (existing disk images, the folder for new disks) and whether each lies
+   * inside the host's storage roots, compared after resolving symlinks on both sides.
+   */
+  async requestPaths(req: CreateVmRequest): Promise<RequestPath[]> {
+    const h = await this.host(req.host);
+    const remote = h.record.kind === 'libvirt';
+    const real = (p: string): Promise<string> => (remote ? Promise.resolve(path.resolve(p)) : realPathOf(p));
+    const roots = await Promise.all((await h.settings()).storageRoots.map(real));
+    const named: Omit<RequestPath, 'real' | 'inRoots'>[] = [
+      ...req.disks.flatMap((d) =>
+        d.kind === 'image' ? [{ what: 'disk image' as const, path: d.path }] : [],
+      ),
+      ...(req.storagePath === undefined ? [] : [{ what: 'storage path' as const, path: req.storagePath }]),
+    ];
+    return Promise.all(
+      named.map(async (n) => {
+        const r = await real(n.path);
+        return { ...n, real: r, inRoots: roots.some((root) => isInside(r, root)) };
+      }),
+    );
+  }
+
+  /**
+   * What the administrator is told when a new VM's disk lies outside the host's storage roots (shared
+   * storage): it runs, but a live move without its storage will be refused.
+   */
+  async diskWarnings(input: z.input<typeof CreateVmRequestSchema>): Promise<string[]> {
+    const req = CreateVmRequestSchema.parse(input);
+    const roots = (await (await this.host(req.host)).settings()).storageRoots;
+    return (await this.requestPaths(req))
+      .filter((p) => p.what === 'disk image' && !p.inRoots)
+      .map(
+        (p) =>
+          `${p.path} is outside ${req.host}'s storage roots (${roots.join(', ') || 'none'}): a live move ` +
+          `of ${req.name} will be refused unless it moves with its storage (ferry move ${req.name} --to HOST ` +
+          '--include-storage); to move it over shared storage, put the disk inside the storage roots',
+      );
   }
 
   /** Whether Ferry can reach the host now: always for its own hosts; a libvirt host's connection. */
@@ -434,5 +510,36 @@ export class Inventory {
     for (const rec of lab) await fs.promises.rm(rec.stateDir, { recursive: true, force: true });
     await fs.promises.rm(this.labDir, { recursive: true, force: true });
     return { hosts: lab.map((h) => h.name), stoppedVms: stopped };
+  }
+}
+
+/** Checks the values of a settings change (whoever makes it). */
+async function checkSettingsPatch(h: HostDriver, patch: Partial<HostSettings>): Promise<void> {
+  const current = await h.settings();
+  const changed = adminOnlyChanges(patch, current);
+  if (changed.includes('storageRoots')) {
+    const bad = (patch.storageRoots ?? []).find((r) => !path.isAbsolute(r));
+    if (bad !== undefined)
+      throw new FerryError('bad-input', `storage roots are absolute folders; "${bad}" is not absolute`);
+  }
+  if (changed.includes('qemuBinary') && patch.qemuBinary) {
+    const binary = patch.qemuBinary;
+    if (h.record.kind === 'libvirt') {
+      throw new FerryError(
+        'bad-input',
+        `${h.name} is a libvirt host: its QEMU is the one its libvirtd runs, not a Ferry setting`,
+      );
+    }
+    if (!path.isAbsolute(binary))
+      throw new FerryError('bad-input', `qemuBinary is an absolute path; "${binary}" is not absolute`);
+    try {
+      await probeQemu(binary);
+    } catch (err) {
+      throw new FerryError(
+        'bad-input',
+        `${binary} is not a QEMU Ferry can use: ${(err as Error).message}`,
+        'name a qemu-system binary, e.g. /usr/bin/qemu-system-x86_64 (or "none" for the one on PATH)',
+      );
+    }
   }
 }

@@ -127,3 +127,38 @@ export function labGuestImage(): string {
   // In a packaged app the image is unpacked beside the archive: QEMU cannot read inside app.asar.
   return file.replace(`${path.sep}app.asar${path.sep}`, `${path.sep}app.asar.unpacked${path.sep}`);
 }
+
+/**
+ * The real path of `p` (symlinks resolved), also for a path that does not exist yet: the deepest
+ * existing ancestor is resolved and the rest appended. Paths are compared with this, never as typed:
+ * a link inside a storage root may point anywhere.
+ */
+export async function realPathOf(p: string): Promise<string> {
+  const abs = path.resolve(p);
+  const rest: string[] = [];
+  let dir = abs;
+  for (;;) {
+    try {
+      return path.join(await fs.promises.realpath(dir), ...rest.reverse());
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // A dangling link: a file made through it lands where it points, so that is where the path is.
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw err;
+      const st = await fs.promises.lstat(dir).catch(() => null);
+      if (st?.isSymbolicLink()) {
+        const target = path.resolve(path.dirname(dir), await fs.promises.readlink(dir));
+        return realPathOf(path.join(target, ...rest.reverse()));
+      }
+      const up = path.dirname(dir);
+      if (up === dir) return abs;
+      rest.push(path.basename(dir));
+      dir = up;
+    }
+  }
+}
+
+/** Whether `p` is `root` or lies inside it (both already absolute and resolved). */
+export function isInside(p: string, root: string): boolean {
+  const rel = path.relative(root, p);
+  return rel === '' || (!rel.startsWith(`..${path.sep}`) && rel !== '..' && !path.isAbsolute(rel));
+}

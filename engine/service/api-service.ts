@@ -1,6 +1,13 @@
 // The engine behind the API contract: validates every call's input with zod (whatever the transport,
 // the caller is untrusted), runs it on the inventory and the migration manager, and pushes events.
 // Transports (Electron IPC, WebSocket) only move bytes to and from here.
+//
+// Who calls matters. An API client (the web mode's token holder, the desktop renderer) manages VMs and
+// moves; it may not choose the programs Ferry runs or the files VMs may use: changing a host's
+// `qemuBinary` or `storageRoots` is refused (or, in the desktop app, asked of the person at the
+// machine in a dialog the main process draws), and the paths of a new VM must lie inside the storage
+// roots after resolving symlinks. The administrator's CLI works on the inventory directly.
+import path from 'node:path';
 import { z } from 'zod';
 import {
   api,
@@ -9,11 +16,14 @@ import {
   isMethod,
   type ApiError,
   type ApiMethods,
+  type HostSettings,
   type MethodName,
+  type MoveRequestParsed,
   type Output,
   type ServerEvent,
 } from '../api/index.js';
-import { Inventory } from '../host/inventory.js';
+import { adminOnlyChanges, Inventory, type AdminOnlySetting } from '../host/inventory.js';
+import { isInside, realPathOf } from '../host/store.js';
 import { closeLibvirtConnections, onLibvirtChange } from '../host/libvirt/connection.js';
 import { recoverAbandonedMoves } from '../migration/libvirt-recovery.js';
 import { MigrationManager } from '../migration/manager.js';
@@ -33,14 +43,43 @@ const MUTATING = new Set<MethodName>([
   'vmAction',
 ]);
 
+/** 'admin': the person at the machine (no limits beyond the engine's own checks); 'client': an API client. */
+export type CallerRole = 'admin' | 'client';
+
+/** An administrator-only settings change an API client asked for, as the confirmation dialog shows it. */
+export interface AdminChange {
+  host: string;
+  settings: AdminOnlySetting[];
+  from: Partial<HostSettings>;
+  to: Partial<HostSettings>;
+}
+
+export interface ApiServiceOptions {
+  /** Default 'client': transports serve API clients. */
+  role?: CallerRole;
+  /**
+   * Desktop app only: asks the person at the machine, in a dialog drawn by the Electron main process
+   * (never by the renderer), whether the renderer's administrator-only change may go ahead. Without it
+   * (web mode) such changes are refused.
+   */
+  confirmAdminChange?: (change: AdminChange) => Promise<boolean>;
+  manager?: MigrationManager;
+}
+
 export class ApiService {
   private readonly listeners = new Set<(e: ServerEvent) => void>();
   private readonly handlers: Handlers;
+  readonly manager: MigrationManager;
+  readonly role: CallerRole;
+  private readonly confirmAdminChange: ApiServiceOptions['confirmAdminChange'];
 
   constructor(
     readonly inv: Inventory = new Inventory(),
-    readonly manager: MigrationManager = new MigrationManager(inv),
+    options: ApiServiceOptions = {},
   ) {
+    const manager = (this.manager = options.manager ?? new MigrationManager(inv));
+    this.role = options.role ?? 'client';
+    this.confirmAdminChange = options.confirmAdminChange;
     manager.subscribe((event) => {
       this.push({ kind: 'migration', event });
       if (
@@ -75,13 +114,69 @@ export class ApiService {
 
   /** Runs one call from an untrusted client. Throws FerryError('bad-input') for a malformed call. */
   async call(method: string, input: unknown): Promise<unknown> {
-    if (!isMethod(method)) throw new FerryError('bad-input', `unknown API method "${method}"`);
+    if (!isMethod(method)) throw new FerryError('bad-input', `unknown API method "${clip(method, 64)}"`);
     const parsed = api[method].input.safeParse(input ?? {});
-    if (!parsed.success) throw new FerryError('bad-input', `${method}: ${z.prettifyError(parsed.error)}`);
+    if (!parsed.success) throw badInput(method, parsed.error);
     const handler = this.handlers[method] as (i: unknown) => Promise<unknown>;
-    const result = await handler(parsed.data);
+    const result = await handler(parsed.data).catch((err: unknown) => {
+      // A refusal may quote what the client sent (an id, a path): never megabytes of it.
+      if (isFerryError(err) && err.message.length > MAX_MESSAGE)
+        throw new FerryError(err.code, clip(err.message, MAX_MESSAGE), err.hint, err.details);
+      throw err;
+    });
     if (MUTATING.has(method)) this.push({ kind: 'inventory-changed' });
     return result;
+  }
+
+  /** An API client may change an administrator-only setting only when the main process's dialog says so. */
+  private async allowSettingsChange(
+    host: string,
+    patch: Partial<HostSettings>,
+    current: HostSettings,
+  ): Promise<void> {
+    if (this.role === 'admin') return;
+    const changed = adminOnlyChanges(patch, current);
+    if (changed.length === 0) return;
+    const names = changed.join(' and ');
+    if (!this.confirmAdminChange) {
+      throw new FerryError(
+        'not-permitted',
+        `${names} of ${host} can be changed only by the administrator, not through the API`,
+        `on the machine running Ferry: ferry host settings ${host} --set ${changed[0]}=…`,
+      );
+    }
+    const pick = (s: Partial<HostSettings>): Partial<HostSettings> =>
+      Object.fromEntries(changed.map((k) => [k, s[k]]));
+    const ok = await this.confirmAdminChange({
+      host,
+      settings: changed,
+      from: pick(current),
+      to: pick(patch),
+    });
+    if (!ok) throw new FerryError('not-permitted', `the change of ${names} of ${host} was not confirmed`);
+  }
+
+  /**
+   * The folders a move writes to (Ferry's own hosts) must lie inside the destination's storage roots
+   * after resolving symlinks; the pre-flight compares them as typed.
+   */
+  private async checkMovePaths(req: MoveRequestParsed): Promise<void> {
+    if (this.role === 'admin') return;
+    const folders = [
+      ...(req.storagePath === undefined ? [] : [req.storagePath]),
+      ...Object.values(req.diskPaths ?? {}),
+    ];
+    if (folders.length === 0) return;
+    const dest = req.to ? await this.inv.host(req.to) : await this.inv.locate(req.vm);
+    if (dest.record.kind === 'libvirt') return; // the server's files: libvirt-preflight.ts checks them
+    const roots = (await dest.settings()).storageRoots;
+    const realRoots = await Promise.all(roots.map((r) => realPathOf(r)));
+    for (const folder of folders) {
+      if (!path.isAbsolute(folder)) continue; // the pre-flight says so, in its report
+      const real = await realPathOf(folder);
+      if (!realRoots.some((r) => isInside(real, r)))
+        throw outsideRoots(dest.name, { what: 'storage path', path: folder, real }, roots);
+    }
   }
 
   private makeHandlers(): Handlers {
@@ -120,7 +215,11 @@ export class ApiService {
         const [facts, settings] = await Promise.all([h.facts(), h.settings()]);
         return { record: h.record, facts, settings };
       },
-      updateHostSettings: async ({ host, patch }) => (await inv.host(host)).updateSettings(patch),
+      updateHostSettings: async ({ host, patch }) => {
+        const h = await inv.host(host);
+        await this.allowSettingsChange(host, patch, await h.settings());
+        return h.updateSettings(patch);
+      },
       addLocalHost: ({ name }) => inv.addLocalHost(name),
       addLibvirtHost: (req) => inv.addLibvirtHost(req),
       reconnectHost: ({ host }) => inv.reconnectHost(host),
@@ -148,7 +247,20 @@ export class ApiService {
         return inv.listVms();
       },
       vmInfo: async ({ name }) => (await inv.locate(name)).vmInfo(name),
-      createVm: (req) => inv.createVm(req),
+      createVm: async (req) => {
+        if (this.role === 'admin') return inv.createVm(req);
+        // Checked, then used as resolved: a link swapped after the check cannot lead elsewhere.
+        const paths = await inv.requestPaths(req);
+        const outside = paths.find((p) => !p.inRoots);
+        if (outside)
+          throw outsideRoots(req.host, outside, (await (await inv.host(req.host)).settings()).storageRoots);
+        const real = (p: string): string => paths.find((x) => x.path === p)!.real;
+        return inv.createVm({
+          ...req,
+          disks: req.disks.map((d) => (d.kind === 'image' ? { ...d, path: real(d.path) } : d)),
+          ...(req.storagePath === undefined ? {} : { storagePath: real(req.storagePath) }),
+        });
+      },
       vmAction: async ({ name, action }) => {
         if (action === 'delete') {
           await inv.deleteVm(name);
@@ -168,13 +280,17 @@ export class ApiService {
             return h.resumeVm(name);
         }
       },
-      checkMove: (req) => manager.check(req),
+      checkMove: async (req) => {
+        await this.checkMovePaths(req);
+        return manager.check(req);
+      },
       checkDestinations: async (req) => {
         const from = (await inv.locate(req.vm)).name;
         const hosts = (await inv.records()).filter((r) => r.name !== from || req.kind === 'storage');
         return Promise.all(
           hosts.map(async (h) => {
             try {
+              await this.checkMovePaths({ ...req, to: h.name });
               return { host: h.name, report: await manager.check({ ...req, to: h.name }) };
             } catch (err) {
               const e = toApiError(err);
@@ -187,6 +303,7 @@ export class ApiService {
         );
       },
       startMove: async (req) => {
+        await this.checkMovePaths(req);
         const started = await manager.start(req);
         void started.done.catch(() => undefined); // the outcome travels as a summary event
         return { id: started.id };
@@ -200,6 +317,37 @@ export class ApiService {
       queue: () => manager.queue(),
     };
   }
+}
+
+const MAX_MESSAGE = 4000;
+
+/** At most `max` characters of a client's string, as a refusal quotes it. */
+function clip(s: string, max: number): string {
+  return s.length <= max ? s : `${s.slice(0, max)}… (${s.length} characters)`;
+}
+
+/**
+ * A refusal of malformed input: zod's issues, each clipped (an unknown key is quoted in its issue, and a
+ * hostile client may send a key of megabytes), at most ten of them.
+ */
+export function badInput(prefix: string, error: z.ZodError): FerryError {
+  const issues = error.issues.slice(0, 10).map((i) => ({ ...i, message: clip(i.message, 300) }));
+  const more = error.issues.length > 10 ? `\n… and ${error.issues.length - 10} more` : '';
+  const text = z.prettifyError(new z.ZodError(issues)) + more;
+  return new FerryError('bad-input', `${prefix}: ${clip(text, MAX_MESSAGE)}`);
+}
+
+function outsideRoots(
+  host: string,
+  p: { what: string; path: string; real: string },
+  roots: string[],
+): FerryError {
+  const via = p.real === path.resolve(p.path) ? '' : ` (it leads to ${clip(p.real, 1000)})`;
+  return new FerryError(
+    'not-permitted',
+    `the ${p.what} ${clip(p.path, 1000)}${via} is outside ${host}'s storage roots (${roots.join(', ') || 'none'})`,
+    'use a file or folder inside the storage roots; only the administrator can change them (ferry host settings)',
+  );
 }
 
 /** The error shape every transport sends; internals of unexpected errors stay on this side. */

@@ -1,15 +1,24 @@
 // Web mode (`ferry web`): the built console (dist/renderer) and the API over a WebSocket, on one port.
 // Like Jupyter, a random token in the printed URL is the only credential: the page itself is public,
 // but every API request and WebSocket must carry the token, and a WebSocket must come from the page's
-// own origin (another site open in the same browser must not drive the engine).
+// own origin (another site open in the same browser must not drive the engine). It listens on loopback
+// unless TLS is configured; the page moves the token out of the address bar as soon as it has loaded.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
-import { ServerEventSchema, WsRequestSchema, WsResponseSchema, type ServerEvent } from '../api/index.js';
+import {
+  FerryError,
+  ServerEventSchema,
+  WsRequestSchema,
+  WsResponseSchema,
+  type ServerEvent,
+} from '../api/index.js';
 import { packageRoot } from '../host/store.js';
 import { toApiError, type ApiService } from '../service/api-service.js';
 
@@ -24,7 +33,25 @@ export interface WebServerOptions {
   staticDir?: string;
   /** Fixed token (tests); by default a fresh random one per start. */
   token?: string;
+  /** Serve https/wss with this certificate and key (PEM); required to listen beyond loopback. */
+  tls?: WebTls | null;
+  /** Limits per client (tests lower them). */
+  limits?: Partial<WebLimits>;
 }
+
+export interface WebTls {
+  cert: string | Buffer;
+  key: string | Buffer;
+}
+
+export interface WebLimits {
+  /** Open WebSockets one client address may hold at once. */
+  connectionsPerClient: number;
+  /** Calls one WebSocket may have running at once; more are refused with `rate-limited`. */
+  callsInFlight: number;
+}
+
+export const DEFAULT_LIMITS: WebLimits = { connectionsPerClient: 8, callsInFlight: 32 };
 
 export interface WebServer {
   /** The URL to open, token included. */
@@ -37,6 +64,8 @@ export interface WebServer {
 export const WS_PATH = '/api/ws';
 /** Close codes in the application range (4000-4999), mirrored in the renderer's client. */
 export const CLOSE_UNAUTHORIZED = 4401;
+/** Closed because the client already holds as many connections as it may. */
+export const CLOSE_TOO_MANY = 4429;
 const MAX_FRAME_BYTES = 1024 * 1024;
 /** A client that stops reading must not make the server buffer without end: samples are dropped first. */
 const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
@@ -70,10 +99,59 @@ const COMMON_HEADERS: Record<string, string> = {
   'Cross-Origin-Resource-Policy': 'same-origin',
 };
 
-const LOOPBACK_NAMES = new Set(['127.0.0.1', 'localhost', '[::1]', '::1']);
+/** A loopback address (127.0.0.0/8, ::1) or `localhost`: exactly, never a name that merely starts so. */
+export function isLoopback(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  if (h === 'localhost') return true;
+  if (net.isIPv4(h)) return h.split('.')[0] === '127';
+  if (net.isIPv6(h)) {
+    // ::1, also written out, and 127.x.y.z mapped into IPv6.
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(h);
+    if (mapped) return mapped[1]!.split('.')[0] === '127';
+    return /^(0{0,4}:){2,7}0{0,3}1$/.test(h) || h === '::1';
+  }
+  return false;
+}
 
-function isLoopback(host: string): boolean {
-  return LOOPBACK_NAMES.has(host) || host.startsWith('127.');
+/** A Host header's name and port ("127.0.0.1:8080", "[::1]:8080", "localhost"); null when malformed. */
+export function parseHostHeader(value: string): { name: string; port: number | null } | null {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+)(?::(\d{1,5}))?$/.exec(value);
+  if (!m) return null;
+  return { name: m[1]!, port: m[2] === undefined ? null : Number(m[2]) };
+}
+
+/**
+ * TLS files for `ferry web`: both or neither. Listening beyond loopback needs them: the token must
+ * never cross a network in clear text.
+ */
+export async function webTls(
+  host: string,
+  certFile: string | undefined,
+  keyFile: string | undefined,
+): Promise<WebTls | null> {
+  if ((certFile === undefined) !== (keyFile === undefined))
+    throw new FerryError('bad-input', '--tls-cert and --tls-key go together: give both files, or neither');
+  if (certFile === undefined || keyFile === undefined) {
+    assertServable(host, null);
+    return null;
+  }
+  const read = async (file: string, what: string): Promise<Buffer> => {
+    try {
+      return await fs.promises.readFile(file);
+    } catch (err) {
+      throw new FerryError('bad-input', `cannot read the TLS ${what} ${file}: ${(err as Error).message}`);
+    }
+  };
+  return { cert: await read(certFile, 'certificate'), key: await read(keyFile, 'key') };
+}
+
+function assertServable(host: string, tls: WebTls | null | undefined): void {
+  if (tls || isLoopback(host)) return;
+  throw new FerryError(
+    'bad-input',
+    `--host ${host} is not a loopback address: serving the console beyond this machine needs TLS`,
+    'add --tls-cert FILE --tls-key FILE (then the address is https://), or keep the default 127.0.0.1',
+  );
 }
 
 function urlHost(host: string): string {
@@ -119,23 +197,29 @@ function refuseUpgrade(socket: Duplex, status: number, message: string): void {
 }
 
 export async function startWebServer(opts: WebServerOptions): Promise<WebServer> {
+  assertServable(opts.host, opts.tls);
   const token = opts.token ?? crypto.randomBytes(24).toString('base64url'); // 192 bits
   const staticDir = path.resolve(opts.staticDir ?? path.join(packageRoot(), 'dist', 'renderer'));
   const loopbackOnly = isLoopback(opts.host);
+  const scheme = opts.tls ? 'https' : 'http';
+  const limits: WebLimits = { ...DEFAULT_LIMITS, ...opts.limits };
+  let servedPort = 0;
 
-  /** With a loopback binding, only loopback Host headers: a DNS-rebinding page must not reach us. */
+  /**
+   * With a loopback binding, only a loopback address or `localhost` with the served port: a
+   * DNS-rebinding page (evil.example resolving to 127.0.0.1, or 127.evil.example) must not reach us.
+   */
   const hostAllowed = (hostHeader: string | undefined): boolean => {
     if (!hostHeader) return false;
-    if (!loopbackOnly) return true;
-    const name = hostHeader.replace(/:\d+$/, '');
-    return isLoopback(name);
+    if (!loopbackOnly) return true; // TLS: the certificate names the server
+    const h = parseHostHeader(hostHeader);
+    if (!h || !isLoopback(h.name)) return false;
+    return (h.port ?? (scheme === 'https' ? 443 : 80)) === servedPort;
   };
   /** Browsers always send Origin on a WebSocket; it must be the page's own (the Host it talks to). */
   const originAllowed = (origin: string | undefined, hostHeader: string | undefined): boolean => {
     if (origin === undefined) return true; // not a browser (scripts, tests): the token still applies
-    return (
-      hostHeader !== undefined && (origin === `http://${hostHeader}` || origin === `https://${hostHeader}`)
-    );
+    return hostHeader !== undefined && origin === `${scheme}://${hostHeader}`;
   };
 
   const serveStatic = async (
@@ -186,7 +270,7 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
     res.end(req.method === 'HEAD' ? undefined : body);
   };
 
-  const server = http.createServer((req, res) => {
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const url = new URL(req.url ?? '/', 'http://localhost');
     if (url.pathname === '/api' || url.pathname.startsWith('/api/')) {
       if (!hostAllowed(req.headers.host))
@@ -204,10 +288,15 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
       if (!res.headersSent) send(res, 500, `internal error: ${(err as Error).message}`);
       else res.destroy();
     });
-  });
+  };
+  const server = opts.tls
+    ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }, handler)
+    : http.createServer(handler);
 
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
   const alive = new WeakMap<WebSocket, boolean>();
+  /** Open WebSockets per client address. */
+  const perClient = new Map<string, number>();
 
   server.on('upgrade', (req, socket, head) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
@@ -221,11 +310,26 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
       // A browser cannot read the status of a refused handshake, so the refusal is a close with a reason
       // the console can show. Nothing is read from or sent to an unauthorized socket before that.
       if (!authorized) return ws.close(CLOSE_UNAUTHORIZED, 'missing or wrong access token');
+      const client = req.socket.remoteAddress ?? '?';
+      const held = perClient.get(client) ?? 0;
+      if (held >= limits.connectionsPerClient) {
+        return ws.close(
+          CLOSE_TOO_MANY,
+          `rate-limited: this client already holds ${held} connections (at most ${limits.connectionsPerClient})`,
+        );
+      }
+      perClient.set(client, held + 1);
+      ws.once('close', () => {
+        const n = (perClient.get(client) ?? 1) - 1;
+        if (n > 0) perClient.set(client, n);
+        else perClient.delete(client);
+      });
       serveSocket(ws);
     });
   });
 
   const serveSocket = (ws: WebSocket): void => {
+    let inFlight = 0;
     alive.set(ws, true);
     ws.on('pong', () => alive.set(ws, true));
 
@@ -255,30 +359,48 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
     });
 
     ws.on('message', (data: RawData, isBinary: boolean) => {
-      if (isBinary) return ws.close(1003, 'frames are JSON text');
+      // A frame with no id to answer to is refused by closing, with the reason (code 1003/1007/1008).
+      if (isBinary) return ws.close(1003, 'bad-input: frames are JSON text');
       let raw: unknown;
       try {
         raw = JSON.parse(data.toString());
       } catch {
-        return ws.close(1007, 'a frame is not JSON');
+        return ws.close(1007, 'bad-input: a frame is not JSON');
       }
       const parsed = WsRequestSchema.safeParse(raw);
       if (!parsed.success) {
-        const id = (raw as { id?: unknown } | null)?.id;
-        if (typeof id === 'number' && Number.isInteger(id)) {
+        const id =
+          raw !== null && typeof raw === 'object' && !Array.isArray(raw)
+            ? (raw as { id?: unknown }).id
+            : undefined;
+        if (typeof id === 'number' && Number.isSafeInteger(id)) {
           return sendFrame({
             id,
             ok: false,
             error: { code: 'bad-input', message: 'a request frame is { id, method, input }' },
           });
         }
-        return ws.close(1008, 'malformed request frame');
+        return ws.close(1008, 'bad-input: a request frame is { id, method, input }');
       }
       const { id, method, input } = parsed.data;
-      opts.service.call(method, input).then(
-        (result) => sendFrame({ id, ok: true, result: result ?? null }),
-        (err: unknown) => sendFrame({ id, ok: false, error: toApiError(err) }),
-      );
+      if (inFlight >= limits.callsInFlight) {
+        return sendFrame({
+          id,
+          ok: false,
+          error: {
+            code: 'rate-limited',
+            message: `too many calls in flight on this connection (at most ${limits.callsInFlight}): wait for answers`,
+          },
+        });
+      }
+      inFlight++;
+      opts.service
+        .call(method, input)
+        .then(
+          (result) => sendFrame({ id, ok: true, result: result ?? null }),
+          (err: unknown) => sendFrame({ id, ok: false, error: toApiError(err) }),
+        )
+        .finally(() => inFlight--);
     });
     ws.on('close', () => unsubscribe());
     ws.on('error', () => unsubscribe());
@@ -304,7 +426,8 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
     });
   });
   const port = (server.address() as AddressInfo).port;
-  const url = `http://${urlHost(opts.host)}:${port}/?token=${token}`;
+  servedPort = port;
+  const url = `${scheme}://${urlHost(opts.host)}:${port}/?token=${token}`;
 
   return {
     url,

@@ -14,6 +14,8 @@ import { bridgeClient } from '../../renderer/src/api/bridge-client.js';
 import { ApiCallError, errorText, toApiCallError } from '../../renderer/src/api/errors.js';
 import {
   createWsClient,
+  takeToken,
+  TOKEN_KEY,
   wsUrlFor,
   type ConnectionState,
   type SocketFactory,
@@ -95,6 +97,58 @@ function waitForState(c: WsApiClient, state: ConnectionState): Promise<void> {
     });
   });
 }
+
+/** A page as `takeToken` sees it: its address bar, history and this tab's sessionStorage. */
+function fakePage(href: string): {
+  location: { href: string };
+  history: { state: unknown; replaceState: (state: unknown, unused: string, url: string) => void };
+  sessionStorage: { getItem: (k: string) => string | null; setItem: (k: string, v: string) => void };
+  store: Map<string, string>;
+} {
+  const store = new Map<string, string>();
+  const page = {
+    location: { href },
+    history: {
+      state: null as unknown,
+      replaceState: (_state: unknown, _unused: string, url: string) => {
+        page.location.href = new URL(url, page.location.href).href;
+      },
+    },
+    sessionStorage: {
+      getItem: (k: string) => store.get(k) ?? null,
+      setItem: (k: string, v: string) => void store.set(k, v),
+    },
+    store,
+  };
+  return page;
+}
+
+describe('the access token in the web console', () => {
+  it('leaves the address bar when the page loads, kept for this tab only', () => {
+    const page = fakePage('http://127.0.0.1:8080/?token=s3cr%2Bt&x=1#/hosts');
+    expect(takeToken(page)).toBe('s3cr+t');
+    expect(page.location.href).toBe('http://127.0.0.1:8080/?x=1#/hosts');
+    expect(page.location.href).not.toContain('s3cr');
+    expect(page.store.get(TOKEN_KEY)).toBe('s3cr+t');
+    // A reload (no token in the URL any more) finds it in sessionStorage.
+    expect(takeToken(page)).toBe('s3cr+t');
+    expect(page.location.href).toBe('http://127.0.0.1:8080/?x=1#/hosts');
+    // The socket still carries it, in its own URL (never shown).
+    expect(wsUrlFor({ protocol: 'http:', host: '127.0.0.1:8080', search: '?x=1' }, takeToken(page))).toBe(
+      'ws://127.0.0.1:8080/api/ws?token=s3cr%2Bt',
+    );
+  });
+
+  it('works without storage, and without a token', () => {
+    const page = fakePage('http://127.0.0.1:8080/?token=abc');
+    page.sessionStorage.setItem = () => {
+      throw new Error('storage disabled');
+    };
+    expect(takeToken(page)).toBe('abc');
+    expect(page.location.href).toBe('http://127.0.0.1:8080/');
+    expect(takeToken(fakePage('http://127.0.0.1:8080/'))).toBe('');
+  });
+});
 
 describe('createWsClient (web mode)', () => {
   it('builds the socket URL from the page URL, token included', () => {

@@ -6,6 +6,7 @@ import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { FerryError, type ServerEvent } from '../../engine/api/index.js';
 import { bindApi, handleCall, type ApiEngine } from '../../electron/ipc.js';
 import { CALL_CHANNEL, EVENT_CHANNEL, SUBSCRIBE_CHANNEL } from '../../electron/channels.js';
+import { adminChangeDialog, confirmWithDialog } from '../../electron/confirm.js';
 import { isAppUrl } from '../../electron/window.js';
 
 const APP = 'file:///opt/ferry/out/renderer/index.html';
@@ -234,5 +235,41 @@ describe('preload', () => {
     deliver({}, { kind: 'inventory-changed' });
     expect(a).toHaveLength(1);
     expect(b).toHaveLength(2);
+  });
+});
+
+describe('the confirmation of an administrator-only change (main process dialog)', () => {
+  const change = {
+    host: 'lab1',
+    settings: ['storageRoots' as const],
+    from: { storageRoots: ['/srv/lab'] },
+    to: { storageRoots: ['/'] },
+  };
+
+  it('is a native message box that names the change and defaults to Cancel', () => {
+    const box = adminChangeDialog(change);
+    expect(box).toMatchObject({
+      type: 'warning',
+      message: 'Allow the console to change storageRoots of lab1?',
+      buttons: ['Cancel', 'Allow the change'],
+      defaultId: 0,
+      cancelId: 0,
+    });
+    expect(box.detail).toContain('storageRoots: /srv/lab → /');
+  });
+
+  it('allows the change only when the user chose Allow, on the focused window', async () => {
+    const win = { id: 1 };
+    const dialog = { showMessageBox: vi.fn() };
+    const confirm = confirmWithDialog(dialog as never, () => win as never);
+    dialog.showMessageBox.mockResolvedValueOnce({ response: 0, checkboxChecked: false });
+    expect(await confirm(change)).toBe(false);
+    dialog.showMessageBox.mockResolvedValueOnce({ response: 1, checkboxChecked: false });
+    expect(await confirm(change)).toBe(true);
+    expect(dialog.showMessageBox).toHaveBeenCalledWith(win, adminChangeDialog(change));
+    const noWindow = confirmWithDialog(dialog as never, () => null);
+    dialog.showMessageBox.mockResolvedValueOnce({ response: 1, checkboxChecked: false });
+    expect(await noWindow(change)).toBe(true);
+    expect(dialog.showMessageBox).toHaveBeenLastCalledWith(adminChangeDialog(change));
   });
 });

@@ -12,7 +12,7 @@ import {
   installNavigationGuards,
   isAppUrl,
   restrictPermissions,
-  secureWindowOptions,
+  windowFrameOptions,
 } from '../../electron/window.js';
 import {
   DEFAULT_STATE,
@@ -78,9 +78,10 @@ const fakes = vi.hoisted(() => {
   const defaultSession = { setPermissionRequestHandler: vi.fn(), setPermissionCheckHandler: vi.fn() };
   const ipcMain = { handle: vi.fn(), on: vi.fn(), removeHandler: vi.fn(), removeListener: vi.fn() };
   const screen = { getAllDisplays: vi.fn(() => [{ workArea: { x: 0, y: 0, width: 1920, height: 1080 } }]) };
-  const engine = { constructed: 0 };
+  const engine = { constructed: 0, options: [] as unknown[] };
+  const dialog = { showMessageBox: vi.fn(() => Promise.resolve({ response: 0, checkboxChecked: false })) };
 
-  return { FakeWebContents, FakeBrowserWindow, app, defaultSession, ipcMain, screen, engine };
+  return { FakeWebContents, FakeBrowserWindow, app, defaultSession, ipcMain, screen, engine, dialog };
 });
 
 vi.mock('electron', () => ({
@@ -89,18 +90,21 @@ vi.mock('electron', () => ({
   session: { defaultSession: fakes.defaultSession },
   ipcMain: fakes.ipcMain,
   screen: fakes.screen,
+  dialog: fakes.dialog,
 }));
 
 // The engine itself is not under test here: main.ts must create one and bind it to IPC.
 vi.mock('../../engine/service/api-service.js', () => ({
   ApiService: class {
-    constructor() {
+    constructor(_inv: unknown, options: unknown) {
       fakes.engine.constructed++;
+      fakes.engine.options.push(options);
     }
     call = vi.fn();
     subscribe = vi.fn(() => () => undefined);
   },
   toApiError: (e: unknown) => ({ code: 'internal', message: String(e) }),
+  badInput: (prefix: string) => ({ toJSON: () => ({ code: 'bad-input', message: prefix }) }),
 }));
 
 type FakeWebContents = InstanceType<typeof fakes.FakeWebContents>;
@@ -114,20 +118,10 @@ function navigate(contents: FakeWebContents, url: string): boolean {
 
 const asWebContents = (fake: FakeWebContents): WebContents => fake as unknown as WebContents;
 
-describe('secureWindowOptions', () => {
-  it('locks the renderer down and wires the preload', () => {
-    const { webPreferences } = secureWindowOptions('/app/out/preload/index.cjs');
-    expect(webPreferences).toMatchObject({
-      preload: '/app/out/preload/index.cjs',
-      contextIsolation: true,
-      sandbox: true,
-      nodeIntegration: false,
-      nodeIntegrationInWorker: false,
-      nodeIntegrationInSubFrames: false,
-      webSecurity: true,
-      allowRunningInsecureContent: false,
-      webviewTag: false,
-    });
+describe('windowFrameOptions', () => {
+  it('gives the frame only: the web preferences are written where the window is made', () => {
+    expect(windowFrameOptions()).toMatchObject({ width: 1280, height: 800, title: 'Ferry', show: false });
+    expect(windowFrameOptions()).not.toHaveProperty('webPreferences');
   });
 });
 
@@ -238,6 +232,7 @@ describe('electron/main.ts', () => {
     fakes.FakeBrowserWindow.instances = [];
     fakes.app.isPackaged = false;
     fakes.engine.constructed = 0;
+    fakes.engine.options = [];
     vi.clearAllMocks();
   });
 
@@ -254,12 +249,22 @@ describe('electron/main.ts', () => {
       contextIsolation: true,
       sandbox: true,
       nodeIntegration: false,
+      nodeIntegrationInWorker: false,
+      nodeIntegrationInSubFrames: false,
       webSecurity: true,
+      allowRunningInsecureContent: false,
+      webviewTag: false,
+      disableBlinkFeatures: 'Auxclick',
     });
     expect(win.options.webPreferences?.preload).toMatch(/[\\/]preload[\\/]index\.cjs$/);
     expect(fakes.defaultSession.setPermissionRequestHandler).toHaveBeenCalledOnce();
     // The engine runs in the main process, reachable only through the checked IPC handlers.
     expect(fakes.engine.constructed).toBe(1);
+    // …as an API client whose administrator-only changes need the main process's own dialog.
+    expect(fakes.engine.options[0]).toMatchObject({
+      role: 'client',
+      confirmAdminChange: expect.any(Function),
+    });
     expect(fakes.ipcMain.handle).toHaveBeenCalledWith('ferry:call', expect.any(Function));
     expect(fakes.ipcMain.on).toHaveBeenCalledWith('ferry:subscribe', expect.any(Function));
 
@@ -319,9 +324,9 @@ describe('window state', () => {
   });
 
   it('opens the window with the remembered bounds', () => {
-    const opts = secureWindowOptions('/p.cjs', { x: 5, y: 6, width: 1000, height: 650, maximized: false });
+    const opts = windowFrameOptions({ x: 5, y: 6, width: 1000, height: 650, maximized: false });
     expect(opts).toMatchObject({ x: 5, y: 6, width: 1000, height: 650 });
-    expect(secureWindowOptions('/p.cjs')).not.toHaveProperty('x');
+    expect(windowFrameOptions()).not.toHaveProperty('x');
   });
 
   it('drops a position that is on no display any more, keeping the size', () => {

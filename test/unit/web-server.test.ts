@@ -1,20 +1,33 @@
 // The web mode's server (engine/web/server.ts) against a stub engine: the token, the Origin and Host
 // checks, frame validation, events, static files. The real engine behind it is covered by test/e2e.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { FerryError, type ServerEvent } from '../../engine/api/index.js';
-import { startWebServer, type WebServer, type WebService } from '../../engine/web/server.js';
+import {
+  isLoopback,
+  startWebServer,
+  webTls,
+  type WebLimits,
+  type WebServer,
+  type WebService,
+} from '../../engine/web/server.js';
 
 class StubService implements WebService {
   readonly calls: { method: string; input: unknown }[] = [];
   private readonly listeners = new Set<(e: ServerEvent) => void>();
 
+  /** Calls of `slow` wait here until the test lets them go. */
+  readonly held: (() => void)[] = [];
+
   async call(method: string, input: unknown): Promise<unknown> {
     this.calls.push({ method, input });
+    if (method === 'slow') return new Promise((resolve) => this.held.push(() => resolve('done')));
     if (method === 'listHosts') return [];
     if (method === 'vmInfo') throw new FerryError('unknown-vm', 'no VM named "x"', 'see: ferry vm list');
     return { echoed: method };
@@ -51,9 +64,9 @@ afterAll(() => {
   fs.rmSync(staticDir, { recursive: true, force: true });
 });
 
-async function start(): Promise<void> {
+async function start(limits?: Partial<WebLimits>): Promise<void> {
   service = new StubService();
-  server = await startWebServer({ port: 0, host: '127.0.0.1', service, staticDir });
+  server = await startWebServer({ port: 0, host: '127.0.0.1', service, staticDir, limits });
 }
 
 afterEach(async () => {
@@ -258,5 +271,183 @@ describe('startWebServer', () => {
     const done = closed(ws);
     await server.close();
     expect((await done).code).toBe(1001);
+  });
+
+  it('accepts only loopback addresses and localhost, with the served port, as the Host', async () => {
+    await start();
+    const status = async (host: string): Promise<number> =>
+      (await get(`/api/status?token=${server.token}`, { Host: host })).status;
+    for (const host of [`127.0.0.1:${server.port}`, `localhost:${server.port}`, `127.0.0.2:${server.port}`])
+      expect(await status(host), host).toBe(200);
+    for (const host of [
+      `127.evil.com:${server.port}`, // a name that merely starts like a loopback address
+      `127.0.0.1.evil.com:${server.port}`,
+      `localhost.evil.com:${server.port}`,
+      `127.0.0.1:${server.port + 1}`, // another port: another server's page
+      '127.0.0.1',
+      `evil.example:${server.port}`,
+      `[::1]x:${server.port}`,
+    ])
+      expect(await status(host), host).toBe(403);
+    expect(await refusedWith(open(wsUrl(), { Host: `127.evil.com:${server.port}` }))).toBe(403);
+    expect(isLoopback('::1')).toBe(true);
+    expect(isLoopback('[::1]')).toBe(true);
+    expect(isLoopback('127.1.2.3')).toBe(true);
+    expect(isLoopback('127.evil.com')).toBe(false);
+    expect(isLoopback('0.0.0.0')).toBe(false);
+    expect(isLoopback('::')).toBe(false);
+  });
+
+  it('refuses to listen beyond loopback without TLS', async () => {
+    const stub = new StubService();
+    for (const host of ['0.0.0.0', '::', '192.0.2.1']) {
+      await expect(startWebServer({ port: 0, host, service: stub, staticDir })).rejects.toMatchObject({
+        code: 'bad-input',
+        message: expect.stringMatching(
+          /not a loopback address: serving the console beyond this machine needs TLS/,
+        ),
+      });
+      await expect(webTls(host, undefined, undefined)).rejects.toMatchObject({ code: 'bad-input' });
+    }
+    await expect(webTls('0.0.0.0', '/nonexistent/cert.pem', undefined)).rejects.toMatchObject({
+      code: 'bad-input',
+      message: expect.stringMatching(/go together/),
+    });
+    expect(await webTls('127.0.0.1', undefined, undefined)).toBeNull();
+    expect(stub.listenerCount).toBe(0);
+  });
+
+  it('serves https and wss beyond loopback with --tls-cert and --tls-key', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-web-tls-'));
+    try {
+      const [cert, key] = [path.join(dir, 'cert.pem'), path.join(dir, 'key.pem')];
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'rsa:2048',
+          '-nodes',
+          '-days',
+          '1',
+          '-subj',
+          '/CN=localhost',
+          '-keyout',
+          key,
+          '-out',
+          cert,
+        ],
+        { stdio: 'ignore' },
+      );
+      service = new StubService();
+      server = await startWebServer({
+        port: 0,
+        host: '0.0.0.0',
+        service,
+        staticDir,
+        tls: (await webTls('0.0.0.0', cert, key))!,
+      });
+      expect(server.url).toBe(`https://127.0.0.1:${server.port}/?token=${server.token}`);
+      const status = await new Promise<number>((resolve, reject) => {
+        https
+          .get(
+            {
+              host: '127.0.0.1',
+              port: server.port,
+              path: `/api/status?token=${server.token}`,
+              rejectUnauthorized: false,
+            },
+            (res) => {
+              res.resume();
+              resolve(res.statusCode ?? 0);
+            },
+          )
+          .on('error', reject);
+      });
+      expect(status).toBe(200);
+      const ws = new WebSocket(`wss://127.0.0.1:${server.port}/api/ws?token=${server.token}`, {
+        rejectUnauthorized: false,
+        headers: { Origin: `https://127.0.0.1:${server.port}` },
+      });
+      sockets.push(ws);
+      await opened(ws);
+      const answer = frames(ws, 1);
+      ws.send(JSON.stringify({ id: 1, method: 'listHosts', input: {} }));
+      expect(await answer).toEqual([{ id: 1, ok: true, result: [] }]);
+      // A page served over https cannot be driven from a plain-http origin.
+      expect(
+        await refusedWith(
+          (() => {
+            const w = new WebSocket(`wss://127.0.0.1:${server.port}/api/ws?token=${server.token}`, {
+              rejectUnauthorized: false,
+              headers: { Origin: `http://127.0.0.1:${server.port}` },
+            });
+            w.on('error', () => undefined);
+            sockets.push(w);
+            return w;
+          })(),
+        ),
+      ).toBe(403);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('bounds the connections of one client and the calls in flight on one connection', async () => {
+    await start({ connectionsPerClient: 2, callsInFlight: 2 });
+    const [a, b] = [open(), open()];
+    await Promise.all([opened(a), opened(b)]);
+    const third = open();
+    expect(await closed(third)).toEqual({
+      code: 4429,
+      reason: 'rate-limited: this client already holds 2 connections (at most 2)',
+    });
+    // One leaves: the next may come in.
+    a.close();
+    await closed(a);
+    const again = open();
+    await opened(again);
+
+    const answers = frames(b, 1);
+    for (const id of [1, 2, 3]) b.send(JSON.stringify({ id, method: 'slow', input: {} }));
+    expect(await answers).toEqual([
+      {
+        id: 3,
+        ok: false,
+        error: {
+          code: 'rate-limited',
+          message: 'too many calls in flight on this connection (at most 2): wait for answers',
+        },
+      },
+    ]);
+    // Once answered, calls are accepted again.
+    const done = frames(b, 3);
+    for (const release of service.held.splice(0)) release();
+    b.send(JSON.stringify({ id: 4, method: 'listHosts', input: {} }));
+    expect(await done).toEqual(
+      expect.arrayContaining([
+        { id: 1, ok: true, result: 'done' },
+        { id: 2, ok: true, result: 'done' },
+        { id: 4, ok: true, result: [] },
+      ]),
+    );
+  });
+
+  it('refuses garbage frames as bad-input, closing only that socket', async () => {
+    await start();
+    const ws = open();
+    await opened(ws);
+    ws.send('{not json');
+    expect(await closed(ws)).toEqual({ code: 1007, reason: 'bad-input: a frame is not JSON' });
+    const huge = open();
+    await opened(huge);
+    huge.send(JSON.stringify({ id: 2 ** 60, method: 'listHosts' }));
+    expect((await closed(huge)).reason).toMatch(/^bad-input: /);
+    const next = open();
+    await opened(next);
+    const answer = frames(next, 1);
+    next.send(JSON.stringify({ id: 1, method: 'listHosts', input: {} }));
+    expect(await answer).toEqual([{ id: 1, ok: true, result: [] }]);
   });
 });

@@ -3,7 +3,7 @@
 // Stores reach it through apiClient(), so tests can install a fake.
 import type { ApiClient } from '../../../engine/api/index.js';
 import { alwaysOpen, bridgeClient } from './bridge-client.js';
-import { createWsClient, wsUrlFor, type ConnectionSource } from './ws-client.js';
+import { createWsClient, takeToken, wsUrlFor, type ConnectionSource } from './ws-client.js';
 
 let current: ApiClient | null = null;
 
@@ -29,6 +29,7 @@ export function connect(win: Window): {
   mode: 'desktop' | 'web';
 } {
   if (win.ferry) return { client: bridgeClient(win.ferry), connection: alwaysOpen, mode: 'desktop' };
-  const ws = createWsClient({ url: wsUrlFor(win.location) });
+  // The token leaves the address bar first; the socket carries it in its own URL (never shown).
+  const ws = createWsClient({ url: wsUrlFor(win.location, takeToken(win)) });
   return { client: ws, connection: ws, mode: 'web' };
 }

@@ -14,6 +14,8 @@ import { checkOutput } from './validate.js';
 
 /** Mirrors engine/web/server.ts: the server closes with this code when the token is missing or wrong. */
 export const CLOSE_UNAUTHORIZED = 4401;
+/** Mirrors engine/web/server.ts: this browser already holds as many connections as the server allows. */
+export const CLOSE_TOO_MANY = 4429;
 
 export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'unauthorized' | 'closed';
 
@@ -48,9 +50,42 @@ export interface WsClientOptions {
 
 const OPEN = 1;
 
-/** ws://host/api/ws?token=… for the page's own origin, with the token from the page's URL. */
-export function wsUrlFor(location: Pick<Location, 'protocol' | 'host' | 'search'>): string {
-  const token = new URLSearchParams(location.search).get('token') ?? '';
+/** Where this tab keeps the access token once it has left the address bar. */
+export const TOKEN_KEY = 'ferry-token';
+
+/**
+ * The access token, moved out of the address bar as the page loads: read once from `?token=` (the
+ * address `ferry web` prints), kept in this tab's sessionStorage only (gone with the tab), and the URL
+ * replaced without it, so it stays out of the history, bookmarks, screenshots and shared screens. A
+ * reload finds it in sessionStorage.
+ */
+export function takeToken(win: {
+  location: Pick<Location, 'href'>;
+  history: Pick<History, 'replaceState' | 'state'>;
+  sessionStorage: Pick<Storage, 'getItem' | 'setItem'>;
+}): string {
+  const url = new URL(win.location.href);
+  const given = url.searchParams.get('token');
+  if (given !== null) {
+    try {
+      win.sessionStorage.setItem(TOKEN_KEY, given);
+    } catch {
+      // Storage disabled: the token lives in this page only; a reload needs the printed address again.
+    }
+    url.searchParams.delete('token');
+    win.history.replaceState(win.history.state, '', `${url.pathname}${url.search}${url.hash}`);
+    return given;
+  }
+  try {
+    return win.sessionStorage.getItem(TOKEN_KEY) ?? '';
+  } catch {
+    return '';
+  }
+}
+
+/** ws://host/api/ws?token=… for the page's own origin, with the token (by default from the page's URL). */
+export function wsUrlFor(location: Pick<Location, 'protocol' | 'host' | 'search'>, token?: string): string {
+  token ??= new URLSearchParams(location.search).get('token') ?? '';
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return `${scheme}//${location.host}/api/ws?token=${encodeURIComponent(token)}`;
 }
@@ -139,11 +174,17 @@ export function createWsClient(opts: WsClientOptions): WsApiClient {
         return;
       }
       failPending(
-        new ApiCallError(
-          'disconnected',
-          'The connection to Ferry was lost',
-          'Ferry reconnects by itself; try again',
-        ),
+        ev.code === CLOSE_TOO_MANY
+          ? new ApiCallError(
+              'rate-limited',
+              'Too many Ferry console tabs or windows are open on this computer',
+              'close one; this one connects when there is room',
+            )
+          : new ApiCallError(
+              'disconnected',
+              'The connection to Ferry was lost',
+              'Ferry reconnects by itself; try again',
+            ),
       );
       if (stopped) {
         setState('closed');
