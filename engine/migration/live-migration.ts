@@ -26,6 +26,7 @@ import {
 } from '../api/index.js';
 import type { DiskJob, HostDriver, OutgoingStats } from '../host/driver.js';
 import { parseLabGuestSerial } from '../host/lab-guest.js';
+import { LocalHost } from '../host/local/local-host.js';
 import { planMigration } from '../qemu/migration.js';
 import { ConvergenceWatch } from './convergence.js';
 
@@ -35,6 +36,8 @@ const SAMPLE_MS = 250;
 const POLL_MS = 50;
 /** Bytes sent not growing for this long while QEMU says "active" is a stalled link. */
 const STALL_MS = 5000;
+/** How often the destination's QEMU is looked for during phase 2 (Ferry's own hosts). */
+const LIVENESS_MS = 200;
 
 export type EventSink = (e: DistributiveOmit<MigrationEvent, 'at' | 'id'>) => void;
 type DistributiveOmit<T, K extends keyof never> = T extends unknown ? Omit<T, K> : never;
@@ -186,6 +189,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     let lastBytes = 0;
     let lastGrowthAt = ctx.now();
     let prevSample: { at: number; bytes: number } | null = null;
+    let lastLivenessAt = ctx.now();
     for (;;) {
       checkCancel();
       const st = await source.outgoingStats(name);
@@ -210,6 +214,15 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
           'migration-failed',
           `QEMU reports the migration ${st.status}${st.error ? `: ${st.error}` : ''}`,
         );
+      }
+      if (t - lastLivenessAt >= LIVENESS_MS && dest instanceof LocalHost) {
+        // Behind a relay (multifd) the source never hears that the destination died: look.
+        lastLivenessAt = t;
+        if (!(await dest.incomingAlive(name)))
+          throw new FerryError(
+            'migration-failed',
+            `the destination failed: ${dest.name}'s QEMU for ${name} ended during the move`,
+          );
       }
       if (st.status === 'active' && t - lastGrowthAt > STALL_MS) {
         throw new FerryError(
@@ -370,16 +383,21 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
       await source
         .abortDiskMirror(name)
         .catch((e: Error) => warnings.push(`stopping the disk copy failed: ${e.message}`));
-    if (prepared)
-      await dest
-        .abortIncoming(name)
-        .catch((e: Error) => warnings.push(`destination clean-up failed: ${e.message}`));
-    if (begun) {
+    // The source's migration ends first, while the destination still reads: QEMU 7.2's multifd can
+    // hang for good when its peer vanishes under busy channels (qemu/migration.ts, isBroken), so the
+    // destination is killed only once the source has cleaned up (or was stuck before Ferry came).
+    const takeBack = async (): Promise<void> => {
       const back = completed ? source.resumeSource(name) : source.cancelOutgoing(name);
       await back.catch((e: Error) =>
         warnings.push(`the source did not take the VM back cleanly: ${e.message}`),
       );
-    }
+    };
+    if (begun && !completed) await takeBack();
+    if (prepared)
+      await dest
+        .abortIncoming(name)
+        .catch((e: Error) => warnings.push(`destination clean-up failed: ${e.message}`));
+    if (begun && completed) await takeBack();
     return summary(
       storageCopyMs,
       ctx,

@@ -17,7 +17,8 @@ import {
 import type { HostDriver } from '../host/driver.js';
 import { LibvirtHost } from '../host/libvirt/libvirt-host.js';
 import { libvirtMovePreflight, type LibvirtMovePlan } from './libvirt-preflight.js';
-import { planMigration } from '../qemu/migration.js';
+import { brokenMigrationMessage, planMigration } from '../qemu/migration.js';
+import { LocalHost } from '../host/local/local-host.js';
 
 export interface HostView {
   name: string;
@@ -39,6 +40,13 @@ export interface PreflightInput {
   passthroughDisks: string[];
   /** Per disk: can the destination reach the very same file (not just the same path)? */
   sharedStorage: { id: string; path: string; inRoots: boolean; sameFile: boolean; why: string }[];
+  /**
+   * The source QEMU's own migration state (Ferry's own hosts; null where not asked or QEMU did not
+   * answer): a new migration starts only from one that is over and cleaned up.
+   */
+  sourceMigration?: { ready: boolean; broken: boolean; status: string } | null;
+  /** The destination's migration address answers from the source's network (false: link down). */
+  destReachable?: boolean;
 }
 
 /** Settings and per-move overrides → the options a move runs with. */
@@ -99,6 +107,23 @@ export function judge(i: PreflightInput): PreflightReport {
     err('vm-not-running', `${vm.name} is ${i.vmState}; a live migration moves a running VM (start it first)`);
   }
   if (i.destHasVm) err('duplicate-vm', `a VM named "${vm.name}" already exists on ${d.name}`);
+  // The source QEMU's migration state: 'failed' and 'cancelled' are fine to start again from once QEMU
+  // has cleaned up; one still running (not Ferry's: that is vm-migrating), cancelling, or never cleaned
+  // up is not.
+  const sm = i.sourceMigration;
+  if (sm && !sm.ready && i.vmState !== 'migrating') {
+    if (sm.broken) err('migration-broken', brokenMigrationMessage(vm.name));
+    else
+      err(
+        'migration-in-progress',
+        `${vm.name}'s QEMU on ${s.name} is still running a migration (${sm.status}) that Ferry did not start; wait for it to end or cancel it first`,
+      );
+  }
+  if (i.destReachable === false && s.name !== d.name)
+    err(
+      'destination-unreachable',
+      `${d.name}'s migration address ${d.migrationAddress} does not answer from ${s.name}: is the link between them down?`,
+    );
 
   // Settings of both hosts (Hyper-V Settings → Live Migrations).
   if (!s.settings.liveMigrationEnabled)
@@ -152,7 +177,10 @@ export function judge(i: PreflightInput): PreflightReport {
       if (!sh.inRoots)
         err(
           'storage-not-allowed',
-          `${d.name} is not allowed to reach ${sh.path} (${sh.id}): it is outside its storage roots`,
+          `${d.name} is not allowed to reach ${sh.path} (${sh.id}): it is outside its storage roots ` +
+            `(${d.settings.storageRoots.join(', ') || 'none'}); move ${i.vm.name} with its storage ` +
+            `(ferry move ${i.vm.name} --to ${d.name} --include-storage), or put the disk on storage ` +
+            `shared by both hosts, inside ${d.name}'s storage roots`,
         );
       else if (!sh.sameFile)
         err('storage-not-shared', `${d.name} does not see the same ${sh.id} at ${sh.path}: ${sh.why}`);
@@ -467,7 +495,18 @@ export async function preflight(
   const onSource = await source.statFiles(vm.disks.map((disk) => disk.path));
   const passthroughDisks = vm.disks.filter((_, n) => onSource[n]?.kind === 'device').map((disk) => disk.id);
   const sharedStorage = await checkSharedStorage(vm, source, dest, d.settings.storageRoots);
+  const live = info.state === 'running' || info.state === 'paused';
+  const [sourceMigration, destReachable] = await Promise.all([
+    source instanceof LocalHost && live
+      ? source.outgoingReadiness(vm.name).then((r) => r && { ...r, status: r.state.status })
+      : null,
+    source instanceof LocalHost && dest instanceof LocalHost
+      ? source.canReach(d.migrationAddress, dest.record.portBase)
+      : true,
+  ]);
   const report = judge({
+    sourceMigration,
+    destReachable,
     passthroughDisks,
     request,
     vm,

@@ -275,10 +275,12 @@ describe("a new VM's files", () => {
     ]);
     expect(quiet.code, quiet.stderr).toBe(0);
     expect(quiet.stderr).not.toMatch(/warning/);
-    // The move itself is refused by the pre-flight (engine/migration/preflight.ts).
+    // The move itself is refused by the pre-flight (engine/migration/preflight.ts), saying what to do.
     const move = await cli(['move', 'pinned', '--to', 'lab2', '--check']);
     expect(move.code).toBe(2);
-    expect(move.stderr + move.stdout).toMatch(/outside its storage roots/);
+    expect(move.stderr + move.stdout).toMatch(
+      /outside its storage roots \(.*\); move pinned with its storage \(ferry move pinned --to lab2 --include-storage\), or put the disk on storage shared by both hosts/,
+    );
     for (const vm of ['pinned', 'roams']) expect((await cli(['vm', 'delete', vm])).code).toBe(0);
   });
 });

@@ -8,6 +8,12 @@ import {
   type VmConfig,
 } from '../../engine/api/index.js';
 import { inNetwork, judge, resolveOptions, type PreflightInput } from '../../engine/migration/preflight.js';
+import {
+  brokenMigrationMessage,
+  isBroken,
+  isSettled,
+  type OutgoingState,
+} from '../../engine/qemu/migration.js';
 
 const facts = (over: Partial<HostFacts> = {}): HostFacts => ({
   name: 'a',
@@ -151,5 +157,68 @@ describe('pre-flight judgement', () => {
     expect(
       judge(input({ dest: { ...input().dest, facts: facts({ qemuVersion: '8.0.0' }) } })).errors,
     ).toEqual([]);
+  });
+});
+
+describe("pre-flight: the source QEMU's migration state and the destination's readiness", () => {
+  const mig = (ready: boolean, broken: boolean, status: string): PreflightInput['sourceMigration'] => ({
+    ready,
+    broken,
+    status,
+  });
+
+  it('starts again from a failed or cancelled migration that QEMU has cleaned up', () => {
+    for (const status of ['none', 'failed', 'cancelled'])
+      expect(judge(input({ sourceMigration: mig(true, false, status) })).errors).toEqual([]);
+  });
+
+  it('refuses a QEMU stuck in a broken migration, with the way out', () => {
+    expect(judge(input({ sourceMigration: mig(false, true, 'cancelling') })).errors).toEqual([
+      { code: 'migration-broken', message: brokenMigrationMessage('web1') },
+    ]);
+    expect(brokenMigrationMessage('web1')).toBe(
+      "this VM's QEMU still holds a broken migration; it can move again after a restart (shut down and start, " +
+        'or turn off and start if the guest does not shut down): ferry vm stop web1, then ferry vm start web1. ' +
+        'Until then web1 keeps running where it is',
+    );
+  });
+
+  it('refuses a migration still running in QEMU that no Ferry move owns', () => {
+    expect(judge(input({ sourceMigration: mig(false, false, 'active') })).errors).toEqual([
+      {
+        code: 'migration-in-progress',
+        message:
+          "web1's QEMU on a is still running a migration (active) that Ferry did not start; wait for it to end or cancel it first",
+      },
+    ]);
+  });
+
+  it("a move of Ferry's under way is reported once, as vm-migrating", () => {
+    const r = judge(input({ vmState: 'migrating', sourceMigration: mig(false, false, 'active') }));
+    expect(r.errors.map((e) => e.code)).toEqual(['vm-migrating']);
+  });
+
+  it('refuses a destination whose migration address does not answer', () => {
+    expect(judge(input({ destReachable: false })).errors).toEqual([
+      {
+        code: 'destination-unreachable',
+        message: "b's migration address 10.0.0.2 does not answer from a: is the link between them down?",
+      },
+    ]);
+  });
+});
+
+describe('QEMU 7.2 outgoing migration states', () => {
+  const st = (status: string, cleanedUp: boolean): OutgoingState => ({ status, cleanedUp, error: null });
+  it('settled: over and cleaned up; broken: cancelling, or over (or set up) without clean-up', () => {
+    expect(isSettled(st('failed', true))).toBe(true);
+    expect(isSettled(st('failed', false))).toBe(false);
+    expect(isSettled(st('active', true))).toBe(false);
+    expect(isBroken(st('failed', false))).toBe(true);
+    expect(isBroken(st('cancelled', false))).toBe(true);
+    expect(isBroken(st('setup', false))).toBe(true);
+    expect(isBroken(st('cancelling', true))).toBe(true);
+    expect(isBroken(st('active', false))).toBe(false);
+    expect(isBroken(st('failed', true))).toBe(false);
   });
 });

@@ -15,6 +15,7 @@ import {
   type VmConfig,
 } from '../../api/index.js';
 import type { VmRuntimePaths } from '../../qemu/argv.js';
+import { settleOutgoing } from '../../qemu/migration.js';
 import { probeQemu, binaryId, QemuCapsSchema, type QemuCaps } from '../../qemu/probe.js';
 import { isQemuAlive, processAlive, spawnDetached } from '../../qemu/process.js';
 import { QmpClient } from '../../qemu/qmp.js';
@@ -45,6 +46,8 @@ export const RuntimeSchema = z.object({
     })
     .nullable()
     .default(null),
+  /** A destination's migration relay (qemu/relay.ts), if its move uses multifd. */
+  relayPid: z.number().int().nullable().default(null),
 });
 export type Runtime = z.infer<typeof RuntimeSchema>;
 
@@ -77,6 +80,7 @@ export function newRuntime(
     crashedAt: null,
     crashReason: null,
     migration,
+    relayPid: null,
   };
 }
 
@@ -165,6 +169,9 @@ export class LocalContext {
       'qemu.pid',
       'serial.log',
       'vm.lock',
+      'relay.port',
+      'relay.port.tmp',
+      'relay.log',
     ]) {
       await fs.promises.rm(path.join(dir, f), { recursive: true, force: true });
     }
@@ -259,6 +266,30 @@ export class LocalContext {
   async setMigrationMarker(name: string, marker: Runtime['migration']): Promise<void> {
     const rt = await this.runtime(name);
     if (rt) await writeJsonAtomic(this.runtimePath(name), { ...rt, migration: marker });
+  }
+
+  /**
+   * Before the skeleton of a move is killed: if the move's source (on another of Ferry's own hosts, all
+   * on this machine) still sends, end its migration first, while the skeleton still reads. A Ferry
+   * process that died mid-move leaves both running, and "the next look" may reach the destination
+   * first; see settleOutgoing in qemu/migration.ts for why the order matters.
+   */
+  async settleSourceOf(name: string, moveId: string): Promise<void> {
+    const hostsDir = path.dirname(this.record.stateDir);
+    const hosts = await fs.promises.readdir(hostsDir).catch(() => [] as string[]);
+    for (const h of hosts) {
+      if (path.join(hostsDir, h) === this.record.stateDir) continue;
+      const file = path.join(hostsDir, h, 'vms', name, 'runtime.json');
+      const rt = await readJson(file, RuntimeSchema).catch(() => null);
+      if (rt?.migration?.id !== moveId || rt.migration.role !== 'source' || !isRunning(rt)) continue;
+      const qmp = await QmpClient.connect(rt.statusSocket, { timeoutMs: 3000 }).catch(() => null);
+      if (!qmp) continue;
+      try {
+        await settleOutgoing(qmp).catch(() => undefined);
+      } finally {
+        await qmp.close();
+      }
+    }
   }
 
   // ---- QMP sessions of moves in progress --------------------------------------------------------

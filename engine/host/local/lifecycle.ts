@@ -3,7 +3,6 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   FerryError,
   VmConfigSchema,
@@ -16,7 +15,7 @@ import {
   type VmSummary,
 } from '../../api/index.js';
 import { qemuArgv } from '../../qemu/argv.js';
-import { parseQueryMigrate } from '../../qemu/migration.js';
+import { parseQueryMigrate, settleOutgoing } from '../../qemu/migration.js';
 import type { QemuCaps } from '../../qemu/probe.js';
 import { connectWhenReady, isQemuAlive, killQemu, tailOf, waitForExit } from '../../qemu/process.js';
 import { QmpClient } from '../../qemu/qmp.js';
@@ -183,13 +182,9 @@ export class Lifecycle {
             reason: `the move ${m.id} to ${m.peer} was abandoned after the switch-over: check ${m.peer} before resuming this copy`,
           };
         }
-        if (st !== 'none' && st !== 'failed' && st !== 'cancelled')
-          await qmp.execute('migrate_cancel').catch(() => undefined);
-        for (let i = 0; i < 100; i++) {
-          const now = parseQueryMigrate(await qmp.execute('query-migrate')).status;
-          if (now === 'none' || now === 'failed' || now === 'cancelled') break;
-          await sleep(20);
-        }
+        // Cancel (yank if blocked) while the destination's skeleton may still read; a QEMU that stays
+        // stuck keeps running here and the pre-flight says so before the next move.
+        await settleOutgoing(qmp).catch(() => undefined);
         const run = await qmp.execute<{ status: string }>('query-status');
         if (m.wasRunning && run.status !== 'running') await qmp.execute('cont');
         await writeJsonAtomic(this.ctx.runtimePath(name), { ...cur, migration: null });

@@ -13,7 +13,9 @@ import type {
   VmInfo,
   VmSummary,
 } from '../../api/index.js';
+import type { OutgoingState } from '../../qemu/migration.js';
 import type { QemuCaps } from '../../qemu/probe.js';
+import { execFileAsync } from '../../qemu/system.js';
 import type {
   DiskJob,
   FileIdentity,
@@ -115,6 +117,33 @@ export class LocalHost implements HostDriver {
   }
   outgoingStats(name: string): Promise<OutgoingStats> {
     return this.source.outgoingStats(name);
+  }
+  /** Ferry's own hosts only: whether the skeleton QEMU of an incoming move still runs. */
+  incomingAlive(name: string): Promise<boolean> {
+    return this.destination.incomingAlive(name);
+  }
+  /**
+   * Ferry's own hosts only (the pre-flight's look at the destination): does a TCP connection from this
+   * host's network reach `address`? A refused port counts as reached: something answered. Hosts
+   * outside a network namespace share this machine's network and always reach each other.
+   */
+  async canReach(address: string, port: number): Promise<boolean> {
+    const ns = this.record.netns;
+    if (!ns) return true;
+    const probe =
+      `const s=require('net').connect({host:${JSON.stringify(address)},port:${port}});` +
+      `s.setTimeout(1500,()=>process.exit(2));s.on('connect',()=>process.exit(0));` +
+      `s.on('error',e=>process.exit(e.code==='ECONNREFUSED'?0:3));`;
+    try {
+      await execFileAsync('ip', ['netns', 'exec', ns, process.execPath, '-e', probe], { timeout: 5000 });
+      return true;
+    } catch {
+      return false;
+    }
+  }
+  /** Ferry's own hosts only (the pre-flight): can QEMU start a new outgoing migration of the VM? */
+  outgoingReadiness(name: string): Promise<{ ready: boolean; broken: boolean; state: OutgoingState } | null> {
+    return this.source.outgoingReadiness(name);
   }
   nextMigrationEvent(name: string, timeoutMs: number): Promise<string | null> {
     return this.source.nextMigrationEvent(name, timeoutMs);

@@ -3,11 +3,13 @@
 // removed by an abort. Its configuration stays incoming.json until Finish, so it never shows as a VM.
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { FerryError, VmConfigSchema } from '../../api/index.js';
 import { qemuArgv } from '../../qemu/argv.js';
 import { capabilityList } from '../../qemu/migration.js';
-import { connectWhenReady, killQemu } from '../../qemu/process.js';
+import { RELAY_PROGRAM } from '../../qemu/relay.js';
+import { connectWhenReady, isQemuAlive, killQemu } from '../../qemu/process.js';
 import type { QmpClient } from '../../qemu/qmp.js';
 import { execFileAsync, findQemuImg } from '../../qemu/system.js';
 import type { IncomingRequest, NbdTarget, StorageHandle } from '../driver.js';
@@ -84,6 +86,8 @@ export class MigrationDestination {
           'migration-failed',
           `QEMU on ${this.ctx.name} did not report its migration port`,
         );
+      // Multifd: the source connects through a relay that never passes on the destination's reset.
+      const listen = req.capabilities['multifd'] ? await this.startRelay(vm.name, addr, port) : port;
       const nbd =
         newDisks.length > 0
           ? await this.exportDisks(
@@ -91,11 +95,43 @@ export class MigrationDestination {
               newDisks.map((d) => d.id),
             )
           : null;
-      return { uri: `${req.scheme}:${host}:${port}`, nbd };
+      return { uri: `${req.scheme}:${host}:${listen}`, nbd };
     } catch (err) {
       await this.abortIncoming(vm.name).catch(() => undefined);
       throw err;
     }
+  }
+
+  private relayPortFile(name: string): string {
+    return path.join(this.ctx.vmDir(name), 'relay.port');
+  }
+
+  /** Starts the relay (qemu/relay.ts) in front of QEMU's migration port; returns the relay's port. */
+  private async startRelay(name: string, addr: string, qemuPort: string): Promise<string> {
+    const portFile = this.relayPortFile(name);
+    await fs.promises.rm(portFile, { force: true });
+    const argv = ['-e', RELAY_PROGRAM, addr, addr, qemuPort, portFile];
+    const pid = await this.ctx.spawnQemu(
+      process.execPath,
+      argv,
+      path.join(this.ctx.vmDir(name), 'relay.log'),
+    );
+    const rt = await this.ctx.runtime(name);
+    if (rt) await writeJsonAtomic(this.ctx.runtimePath(name), { ...rt, relayPid: pid });
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      const port = await fs.promises.readFile(portFile, 'utf8').catch(() => '');
+      if (port) return port.trim();
+      if (!isQemuAlive(pid, portFile)) break;
+      await sleep(20);
+    }
+    throw new FerryError('migration-failed', `the migration relay on ${this.ctx.name} did not start`);
+  }
+
+  /** Whether the skeleton QEMU of an incoming move still runs (a relay hides its end from the source). */
+  async incomingAlive(name: string): Promise<boolean> {
+    const rt = await this.ctx.runtime(name);
+    return !!rt && isQemuAlive(rt.pid, rt.qmpSocket);
   }
 
   /**
@@ -184,7 +220,10 @@ export class MigrationDestination {
   async abortIncoming(name: string): Promise<void> {
     await this.ctx.closeSession(name);
     const rt = await this.ctx.runtime(name);
+    if (rt?.migration?.role === 'destination' && isQemuAlive(rt.pid, rt.qmpSocket))
+      await this.ctx.settleSourceOf(name, rt.migration.id);
     if (rt) await killQemu(rt.pid, rt.qmpSocket);
+    if (rt?.relayPid) await killQemu(rt.relayPid, this.relayPortFile(name)).catch(() => undefined);
     if (rt) for (const sock of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(sock, { force: true });
     // Uncommitted, or committed by a Finish that never completed (the marker is still set).
     if (!(await this.ctx.hasVm(name)) || rt?.migration?.role === 'destination') {

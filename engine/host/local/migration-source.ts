@@ -5,7 +5,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, type VmConfig } from '../../api/index.js';
-import { capabilityList, parseQueryMigrate } from '../../qemu/migration.js';
+import {
+  brokenMigrationMessage,
+  capabilityList,
+  isBroken,
+  isSettled,
+  outgoingState,
+  parseQueryMigrate,
+  settleOutgoing,
+  type OutgoingState,
+} from '../../qemu/migration.js';
+import { QmpClient } from '../../qemu/qmp.js';
 import { killQemu, waitForExit } from '../../qemu/process.js';
 import type { OutgoingStats } from '../driver.js';
 import { ensureDir, writeJsonAtomic } from '../store.js';
@@ -47,12 +57,23 @@ export class MigrationSource {
     req: { capabilities: Record<string, boolean>; parameters: Record<string, unknown>; uri: string },
   ): Promise<void> {
     const s = this.ctx.session(name);
-    await s.qmp.execute('migrate-set-capabilities', { capabilities: capabilityList(req.capabilities) });
+    await s.qmp
+      .execute('migrate-set-capabilities', { capabilities: capabilityList(req.capabilities) })
+      .catch((err: unknown) => {
+        if (err instanceof Error && /migration process in progress/i.test(err.message))
+          throw new FerryError('migration-failed', `${brokenMigrationMessage(name)} (${err.message})`);
+        throw err;
+      });
     await s.qmp.execute('migrate-set-parameters', req.parameters);
     const limit = req.parameters['downtime-limit'];
     if (typeof limit === 'number') s.downtimeLimitMs = limit;
     s.stoppedAt = null;
-    await s.qmp.execute('migrate', { uri: req.uri });
+    await s.qmp.execute('migrate', { uri: req.uri }).catch((err: unknown) => {
+      // The pre-flight refuses such a VM; should it get here, say what it means, not QEMU's words.
+      if (err instanceof Error && /duplicate yank instance|migration process in progress/i.test(err.message))
+        throw new FerryError('migration-failed', `${brokenMigrationMessage(name)} (${err.message})`);
+      throw err;
+    });
   }
 
   async outgoingStats(name: string): Promise<OutgoingStats> {
@@ -97,23 +118,42 @@ export class MigrationSource {
       );
     }
     try {
-      if (before.status !== 'none' && before.status !== 'failed' && before.status !== 'cancelled') {
-        await s.qmp.execute('migrate_cancel');
-        const deadline = Date.now() + 10_000;
-        for (;;) {
-          const st = parseQueryMigrate(await s.qmp.execute('query-migrate')).status;
-          if (st === 'cancelled' || st === 'failed') break;
-          if (Date.now() > deadline) {
-            throw new FerryError(
-              'migration-failed',
-              `QEMU did not cancel the migration of "${name}" (${st})`,
-            );
-          }
-          await sleep(20);
-        }
+      // Called before the destination is killed (live-migration.ts): see settleOutgoing.
+      const r = await settleOutgoing(s.qmp);
+      if (!r.settled) {
+        throw new FerryError(
+          'migration-failed',
+          `${brokenMigrationMessage(name)} (QEMU's migration is ${r.state.status}${r.state.cleanedUp ? '' : ' and never cleaned up'}${r.steps.length ? ` after ${r.steps.join(' and ')}` : ''})`,
+        );
       }
     } finally {
       await this.keepRunningHere(name);
+    }
+  }
+
+  /**
+   * Whether this VM's QEMU can start a new outgoing migration (the pre-flight's check of the source):
+   * idle and cleaned up, still busy with a migration, or stuck in a broken one (QEMU 7.2, see
+   * isBroken). A migration that has just ended gets a moment for QEMU's own clean-up. Asked on the
+   * status monitor, so a move's session is never disturbed; null when QEMU does not answer.
+   */
+  async outgoingReadiness(
+    name: string,
+  ): Promise<{ ready: boolean; broken: boolean; state: OutgoingState } | null> {
+    const rt = await this.ctx.runtime(name);
+    if (!isRunning(rt)) return null;
+    const qmp = await QmpClient.connect(rt.statusSocket, { timeoutMs: 3000 }).catch(() => null);
+    if (!qmp) return null;
+    try {
+      let st = await outgoingState(qmp);
+      const deadline = Date.now() + 1500;
+      while (!isSettled(st) && Date.now() < deadline) {
+        await sleep(50);
+        st = await outgoingState(qmp);
+      }
+      return { ready: isSettled(st), broken: isBroken(st), state: st };
+    } finally {
+      await qmp.close();
     }
   }
 
