@@ -87,7 +87,11 @@ export class MigrationDestination {
           `QEMU on ${this.ctx.name} did not report its migration port`,
         );
       // Multifd: the source connects through a relay that never passes on the destination's reset.
-      const listen = req.capabilities['multifd'] ? await this.startRelay(vm.name, addr, port) : port;
+      // The relay is a Node process; inside the packaged desktop app there is no Node to run it (the
+      // Electron binary's run-as-node fuse is off), so there the pre-flight's broken-migration check
+      // is the guard instead.
+      const relay = req.capabilities['multifd'] && !process.versions['electron'];
+      const listen = relay ? await this.startRelay(vm.name, addr, port) : port;
       const nbd =
         newDisks.length > 0
           ? await this.exportDisks(
