@@ -16,6 +16,7 @@
 ; Serial protocol (COM1, one line each, "\n" terminated, decimal unless noted):
 ;   FERRY-GUEST boot ws=<MiB> rate=<MiB/s> mem=<MiB>[ clamped]
 ;   FERRY-GUEST hb pass=<p> ms=<ticks> errors=<n>
+;   FERRY-GUEST clock pass=<p> gap=<ms>
 ;   FERRY-GUEST MISMATCH pass=<p> page=<i> want=0x<8 hex> got=0x<8 hex>
 ;   FERRY-GUEST FAULT vec=<n>
 
@@ -35,6 +36,21 @@ MAX_MM_LINES  equ 16              ; mismatch lines printed per pass, at most
 HB_MS         equ 250             ; minimum spacing of heartbeats (ms)
 
 COM1          equ 0x3F8
+CMOS_INDEX    equ 0x70
+CMOS_DATA     equ 0x71
+RTC_SEC       equ 0x00
+RTC_MIN       equ 0x02
+RTC_HOUR      equ 0x04
+RTC_REG_B     equ 0x0B
+RTC_B_24H_BIN equ 0x06            ; register B: 24-hour mode (bit 1), binary, not BCD (bit 2)
+SEC_PER_DAY   equ 86400
+GAP_NOISE     equ 2               ; ms: a shortfall up to this is tick jitter
+HPET_BASE     equ 0xFED00000      ; where QEMU's pc and q35 machines put the HPET
+HPET_PERIOD   equ 0x04            ; main counter period in fs (upper half of GCAP_ID)
+HPET_CONFIG   equ 0x10            ; bit 0 ENABLE_CNF: the main counter runs
+HPET_COUNTER  equ 0xF0            ; main counter, low 32 bits
+FS_PER_MS_HI  equ 0xE8            ; 10^12 fs = 1 ms = 0xE8_D4A51000
+FS_PER_MS_LO  equ 0xD4A51000
 PIT_DIVISOR   equ 1193            ; 1193182 Hz / 1193 ~= 1000 Hz -> 1 tick = 1 ms
 
 DEF_WS        equ 64
@@ -160,6 +176,8 @@ entry:
         call idt_init
         call pic_init
         call pit_init
+        call rtc_init
+        call hpet_init
         sti
 
         ; ---- boot line
@@ -307,7 +325,9 @@ report_mismatch:
         popad
         ret
 
-; eax = tick count to print
+; eax = tick count to print. Then, once the RTC has given the guest a first
+; whole second to measure from, the clock line: the longest gap in its own
+; clock it measured since the previous clock line (see rtc_sample).
 heartbeat:
         pushad
         push eax
@@ -325,6 +345,20 @@ heartbeat:
         call put_dec
         mov al, 10
         call putc
+        cmp byte [rtc_state], 2
+        jne .no_clock
+        mov esi, s_ck_pass
+        call puts
+        mov eax, [pass]
+        call put_dec
+        mov esi, s_ck_gap
+        call puts
+        xor eax, eax
+        xchg eax, [gap_max]       ; read and reset in one instruction: the timer
+        call put_dec              ; interrupt cannot split it
+        mov al, 10
+        call putc
+.no_clock:
         popad
         ret
 
@@ -572,12 +606,194 @@ pit_init:
         ret
 
 timer_isr:
-        push eax
+        pushad
         inc dword [ticks]         ; 1 tick = 1 ms since boot (migrates with RAM)
+        call rtc_sample
         mov al, 0x20
         out 0x20, al              ; EOI master
-        pop eax
+        popad
         iret
+
+; ------------------------------------------------- the gap the guest sees
+; How long the guest's own clock stood still, measured by the guest itself.
+;
+; The guest's clocks (the HPET, the PIT ticks, the TSC, the ACPI PM timer) run
+; on QEMU's virtual clock, which stops while the VM is paused and is carried
+; over by a migration: a pause or a move's blackout is invisible to them. The
+; CMOS RTC is the one device that keeps following the host: with QEMU's
+; default -rtc clock=host (Ferry passes it explicitly) it reads the host's wall
+; clock, runs on while the VM is stopped, and a migration carries its
+; reference to the host clock, so on the destination it reads that host's time
+; (clock=vm would stop with the VM; clock=rt restarts from the saved time on
+; the destination, hiding the blackout). Its resolution is one second, but the
+; instant its seconds register changes is exact host time.
+;
+; So at each new RTC second the guest adds the host time since the previous
+; new second (whole seconds) to an offset and takes off its own clock's time
+; over the same stretch: the offset rises by the time its clock stood still.
+; Its clock here is the HPET's main counter (100 MHz under QEMU, never loses
+; counts); without an HPET, the tick count, which also loses the ticks a busy
+; host delays. The RTC is sampled in the timer interrupt (two port accesses
+; per tick, no busy loop: an idle guest still costs the host next to
+; nothing), so a new second is noticed within a tick, or as late as a busy
+; host delivers the tick; a late second makes the offset look smaller by that
+; much. So the offset is compared with a reference: its highest value, which
+; may follow it down by 1 ms a second (more than any drift between the host's
+; clocks): a rise above it is a shortfall, lateness never is (but a second
+; noticed late just after a stall makes the stall look that much shorter).
+;
+; A stall that ends in the middle of a second is seen in two parts: at the
+; first change of second after it, noticed only at the resume, the stall less
+; the part of that second already gone; at the next one, the rest. So a
+; shortfall above the noise waits for the next second, which adds its own
+; shortfall, and the sum is reported once: the stall whole (another stall in
+; the same two seconds would add in). The largest gap since the previous
+; heartbeat is printed after it as "clock ... gap=<ms>", one to two seconds
+; after the stall ended. Across hosts, their clock offset adds in (NTP keeps
+; it to ms); a gap longer than a day is seen modulo a day.
+;
+; rtc_state: 0 = nothing read yet; 1 = waiting for the first change of second
+; (the first reading is mid-second: no reference); 2 = measuring.
+rtc_init:
+        mov al, RTC_REG_B         ; binary 24-hour values: no BCD or AM/PM decoding
+        out CMOS_INDEX, al
+        in al, CMOS_DATA
+        or al, RTC_B_24H_BIN
+        mov ah, al
+        mov al, RTC_REG_B
+        out CMOS_INDEX, al
+        mov al, ah
+        out CMOS_DATA, al
+        ret
+
+; Called from the timer interrupt (interrupts off); may clobber eax-edx.
+rtc_sample:
+        mov al, RTC_SEC
+        out CMOS_INDEX, al
+        in al, CMOS_DATA
+        cmp byte [rtc_state], 0
+        jne .have_sec
+        mov [rtc_sec], al
+        mov byte [rtc_state], 1
+        ret
+.have_sec:
+        cmp al, [rtc_sec]
+        je .done                  ; same second: the common case, 2 port accesses
+        ; A new second: read minutes and hours, then the seconds again; if the
+        ; second turned over meanwhile, take it on the next tick instead.
+        mov bl, al
+        mov al, RTC_MIN
+        out CMOS_INDEX, al
+        in al, CMOS_DATA
+        mov bh, al
+        mov al, RTC_HOUR
+        out CMOS_INDEX, al
+        in al, CMOS_DATA
+        mov cl, al
+        mov al, RTC_SEC
+        out CMOS_INDEX, al
+        in al, CMOS_DATA
+        cmp al, bl
+        jne .done
+        mov [rtc_sec], bl
+        ; eax = second of the day = hours * 3600 + minutes * 60 + seconds
+        movzx eax, cl
+        imul eax, eax, 60
+        movzx edx, bh
+        add eax, edx
+        imul eax, eax, 60
+        movzx edx, bl
+        add eax, edx
+        call guest_clock          ; edx = the guest's clock now
+        cmp byte [rtc_state], 2
+        jne .reference
+        ; The offset of host time over the guest's clock (ms, since the first
+        ; new second) += host ms since the previous new second (across
+        ; midnight too) - the guest's ms over the same stretch.
+        mov ecx, eax
+        sub ecx, [rtc_sod]
+        jns .no_wrap
+        add ecx, SEC_PER_DAY
+.no_wrap:
+        imul ecx, ecx, 1000
+        add ecx, [offset]
+        push eax
+        push edx
+        mov eax, edx
+        sub eax, [rtc_clk]        ; 32-bit HPET counts wrap after 42 s: fine
+        mov ebx, [hpet_cpms]
+        test ebx, ebx
+        jz .in_ms                 ; tick counts are ms already
+        xor edx, edx
+        add eax, [clk_rem]        ; with the counts left over last time, so
+        adc edx, 0                ; that rounding never adds up
+        div ebx
+        mov [clk_rem], edx
+.in_ms:
+        sub ecx, eax
+        pop edx
+        pop eax
+        mov [offset], ecx
+        sub ecx, [offset_max]     ; ecx = how far it rose above its reference
+        jg .rose
+        ; Not above: this second was noticed late (the offset looks smaller
+        ; by that much) or the two clocks drift apart; the reference follows
+        ; it down by at most 1 ms a second, so lateness never counts.
+        mov ecx, [offset]
+        mov ebx, [offset_max]
+        dec ebx
+        cmp ecx, ebx
+        jge .follow
+        mov ecx, ebx
+.follow:
+        mov [offset_max], ecx
+        xor ecx, ecx
+        jmp .short
+.rose:  add [offset_max], ecx     ; ecx = this second's shortfall
+.short: cmp dword [gap_pending], 0
+        je .no_pending
+        add ecx, [gap_pending]    ; the rest of a stall that ended mid-second
+        mov dword [gap_pending], 0
+        jmp .report
+.no_pending:
+        cmp ecx, GAP_NOISE
+        jbe .report
+        mov [gap_pending], ecx    ; maybe only the first part: see next second
+        jmp .reference
+.report:
+        cmp ecx, [gap_max]
+        jbe .reference
+        mov [gap_max], ecx
+.reference:
+        mov [rtc_sod], eax
+        mov [rtc_clk], edx
+        mov byte [rtc_state], 2
+.done:  ret
+
+; The HPET, if there is one (0 < period <= 100 ns, as its specification
+; says; without one the read gives 0 or all ones): count its ticks per ms
+; and start its main counter (no timers, no interrupts, no legacy mode).
+hpet_init:
+        mov ecx, [HPET_BASE + HPET_PERIOD]
+        test ecx, ecx
+        jz .none
+        cmp ecx, 100000000
+        ja .none
+        mov edx, FS_PER_MS_HI
+        mov eax, FS_PER_MS_LO
+        div ecx
+        mov [hpet_cpms], eax
+        or dword [HPET_BASE + HPET_CONFIG], 1
+.none:  ret
+
+; edx = the guest's clock: the HPET main counter, or the tick count (ms)
+; without an HPET.
+guest_clock:
+        mov edx, [ticks]
+        cmp dword [hpet_cpms], 0
+        je .out
+        mov edx, [HPET_BASE + HPET_COUNTER]
+.out:   ret
 
 irq_master_isr:
         push eax
@@ -644,6 +860,8 @@ s_clamped:  db " clamped", 0
 s_hb_pass:  db "FERRY-GUEST hb pass=", 0
 s_hb_ms:    db " ms=", 0
 s_hb_err:   db " errors=", 0
+s_ck_pass:  db "FERRY-GUEST clock pass=", 0
+s_ck_gap:   db " gap=", 0
 s_mm_pass:  db "FERRY-GUEST MISMATCH pass=", 0
 s_mm_page:  db " page=", 0
 s_mm_want:  db " want=", 0
@@ -672,8 +890,18 @@ period_ms:  resd 1
 npages:     resd 1
 mem_upper:  resd 1
 mem_mib:    resd 1
+rtc_sod:    resd 1                ; RTC second of the day at the last new second
+rtc_clk:    resd 1                ; the guest's clock at that moment (guest_clock)
+hpet_cpms:  resd 1                ; HPET counts per ms; 0 = no HPET, use ticks
+gap_pending: resd 1               ; a shortfall (ms) waiting for the next second
+offset:     resd 1                ; host ms - guest ms since the reference
+offset_max: resd 1                ; its reference: the highest, less 1 ms a second
+clk_rem:    resd 1                ; HPET counts not yet counted as a whole ms
+gap_max:    resd 1                ; largest gap (ms) since the last clock line
 clamped:    resb 1
 verify_on:  resb 1
+rtc_state:  resb 1                ; see rtc_sample
+rtc_sec:    resb 1                ; RTC seconds register at the last sample
 alignb 16
 stack:      resb 16384
 stack_top:

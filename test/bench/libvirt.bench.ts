@@ -5,8 +5,9 @@
 // option; first on the lab's own link, then on a 1 Gbit/s link shaped with tc (`--link-mbit 1000`).
 // Everything goes through the command lines an administrator types (ferry, virsh), timed from process
 // start to exit. Prints the figures side by side, plus Ferry's per-phase medians beside virsh's steps
-// (from libvirt's own client log), so a slow step shows. Nothing is asserted about timings; the guest
-// must keep beating with its memory intact after every move.
+// (from libvirt's own client log), so a slow step shows. Beside each downtime figure, the gap the lab
+// guest itself saw in its clock around the move (see assets/lab-guest/README.md). Nothing is asserted
+// about timings; the guest must keep beating with its memory intact after every move.
 //
 // Target (issue): Ferry's total ≤ 1.1× virsh's, and its downtime no worse.
 import { spawn } from 'node:child_process';
@@ -15,7 +16,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { MigrationEvent, Summary } from '../../engine/api/index.js';
-import { parseLabGuestSerial, type LabGuestReport } from '../../engine/host/lab-guest.js';
+import { maxGapAfter, parseLabGuestSerial, type LabGuestReport } from '../../engine/host/lab-guest.js';
 import { REPO, tempHome } from '../helpers.js';
 
 const isRoot = process.platform === 'linux' && process.getuid?.() === 0;
@@ -175,6 +176,23 @@ async function expectGuestHealthy(lab: Lab, what: string): Promise<void> {
     `${what}: heartbeats with errors`,
   ).toEqual([]);
   expect(r.heartbeats.at(-1)!.errors, what).toBe(0);
+}
+
+/**
+ * The longest gap the guest saw in its own clock after pass `passBefore`, once it has printed a heartbeat
+ * more than 2.5 s after `since` (host time, after the move ended): it reports a gap one to two seconds
+ * after the gap ended. Null if it printed none (an older image).
+ */
+async function guestGap(lab: Lab, passBefore: number, since: number): Promise<number | null> {
+  await sleep(Math.max(0, since + 2500 - Date.now()));
+  const seen = lastPass(await serial(lab));
+  const deadline = Date.now() + 10 * PASS_MS + 10_000;
+  for (;;) {
+    const r = await serial(lab);
+    if (r.heartbeats.some((h) => h.pass > seen && h.gapMs !== undefined) || Date.now() > deadline)
+      return maxGapAfter(r, passBefore);
+    await sleep(300);
+  }
 }
 
 // ---- virsh ----------------------------------------------------------------------------------------------
@@ -377,8 +395,10 @@ const mainRows: string[][] = [
     'ratio wall',
     'ratio summary',
     'virsh downtime',
+    'virsh: guest saw',
     'ferry downtime (paused→resumed)',
     'ferry downtime (libvirt)',
+    'ferry: guest saw',
     'virsh throughput',
     'ferry throughput (bytes/ph 2+3)',
     'ferry throughput (as virsh)',
@@ -436,14 +456,17 @@ async function compare(scenario: string, lab: Lab): Promise<void> {
     );
     const virsh: VirshRound[] = [];
     const fer: FerryRound[] = [];
+    const guestSaw = { virsh: [] as number[], ferry: [] as number[] };
     for (let i = 0; i < ROUNDS; i++) {
       // Alternate which goes first, so neither always moves in the same direction.
       const order = i % 2 === 0 ? (['virsh', 'ferry'] as const) : (['ferry', 'virsh'] as const);
       for (const who of order) {
         const what = `${scenario} ${option} round ${i + 1} ${who} ${lab.at}→${lab.at === 'lab1' ? 'lab2' : 'lab1'}`;
+        const passBefore = lastPass(await serial(lab));
         if (who === 'virsh')
           virsh.push(await virshMove(lab, eq, `${scenario}-${option}-${i}`.replace(/\W+/g, '-')));
         else fer.push(await ferryMove(lab, option, eq));
+        guestSaw[who].push((await guestGap(lab, passBefore, Date.now())) ?? NaN);
         await expectGuestHealthy(lab, what);
       }
     }
@@ -461,8 +484,10 @@ async function compare(scenario: string, lab: Lab): Promise<void> {
       `${(fWall / vTotal).toFixed(2)}×`,
       `${(fTotal / vTotal).toFixed(2)}×`,
       msText(median(virsh.map((v) => v.job.downtimeMs))),
+      msText(median(guestSaw.virsh)),
       msText(median(fer.map((f) => f.summary.downtimeMs ?? NaN))),
       msText(median(fer.map((f) => f.summary.qemuDowntimeMs ?? NaN))),
+      msText(median(guestSaw.ferry)),
       rateText(median(virsh.map((v) => mibs(v.job.dataBytes, v.job.elapsedMs)))),
       rateText(
         median(
@@ -491,6 +516,7 @@ async function compare(scenario: string, lab: Lab): Promise<void> {
       `  rounds: virsh wall ${virsh.map((v) => v.wallMs).join('/')} ms, downtime ${virsh.map((v) => v.job.downtimeMs).join('/')} ms; ` +
         `ferry wall ${fer.map((f) => f.wallMs).join('/')} ms, summary ${fer.map((f) => f.summary.totalMs).join('/')} ms, ` +
         `downtime ${fer.map((f) => f.summary.downtimeMs).join('/')} ms (libvirt ${fer.map((f) => f.summary.qemuDowntimeMs).join('/')}), ` +
+        `guest saw virsh ${guestSaw.virsh.join('/')} ms, ferry ${guestSaw.ferry.join('/')} ms, ` +
         `passes virsh ${virsh.map((v) => v.job.passes).join('/')} ferry ${fer.map((f) => f.summary.passes).join('/')}, ferry escalations ${fer.map((f) => f.escalations).join('/')}`,
     );
   }

@@ -1,7 +1,10 @@
 // Migration benchmark: for the same VM on the same machine in one run, a raw QMP migration (only QEMU's
 // own commands, the baseline) beside `ferry move`, for each performance option; then the same over a
 // 1 Gbit/s link shaped with tc between two network namespaces, where the link and not QEMU is the
-// limit (needs root). Prints the figures side by side.
+// limit (needs root). Prints the figures side by side. Each move's downtime three ways: QEMU's own
+// figure, the guest-paused figure (Ferry: source stopped → destination running), and the gap the lab
+// guest itself saw in its clock (measured against the RTC, which follows the host's clock; see
+// assets/lab-guest/README.md).
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -9,12 +12,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { MoveOptions, PerformanceOption, VmConfig } from '../../engine/api/index.js';
 import { Inventory } from '../../engine/host/inventory.js';
+import { maxGapAfter, parseLabGuestSerial, type LabGuestReport } from '../../engine/host/lab-guest.js';
 import { labGuestImage } from '../../engine/host/store.js';
 import { MigrationManager } from '../../engine/migration/manager.js';
 import { qemuArgv } from '../../engine/qemu/argv.js';
 import { capabilityList, planMigration } from '../../engine/qemu/migration.js';
 import { connectWhenReady, killQemu, spawnDetached } from '../../engine/qemu/process.js';
-import { tempHome, waitForPasses } from '../helpers.js';
+import { guestReport, tempHome, waitForPasses } from '../helpers.js';
 
 const OPTIONS: PerformanceOption[] = ['tcp', 'compression', 'multichannel'];
 const ROUNDS = Number(process.env.FERRY_BENCH_ROUNDS ?? 3);
@@ -23,17 +27,47 @@ const WORKING_SET = 64;
 const rows: string[][] = [];
 const BOOT_WAIT_MS = 3000;
 const homes: Inventory[] = [];
+/** Every round's guest-seen gaps, printed under the table (the table has medians). */
+const gapNotes: string[] = [];
 
 afterAll(async () => {
   for (const inv of homes) await inv.labDown().catch(() => undefined);
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const text = rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ')).join('\n');
   console.log(
-    `\nMigration benchmark (${MEMORY} MiB VM, ${WORKING_SET} MiB working set at 50 MiB/s, median of ${ROUNDS})\n${text}\n`,
+    `\nMigration benchmark (${MEMORY} MiB VM, ${WORKING_SET} MiB working set at 50 MiB/s, median of ${ROUNDS})\n${text}\n` +
+      `Downtime three ways: QEMU's own figure; guest paused (Ferry: source stopped → destination running); ` +
+      `what the guest saw (the longest gap in its own clock around the move)\n${gapNotes.join('\n')}\n`,
   );
 });
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+/** Median of the figures there are (a guest may report no gap), as text. */
+const medianText = (xs: (number | null)[]): string => {
+  const v = xs.filter((x): x is number => x !== null);
+  return v.length ? `${median(v)} ms` : 'n/a';
+};
+
+/**
+ * The longest gap the lab guest saw in its own clock after pass `passBefore`, once it has printed a
+ * heartbeat more than 2.5 s after `since` (host time, after the move ended): it reports a gap one to two
+ * seconds after the gap ended. Null if the guest printed none (an older image).
+ */
+async function guestGap(
+  read: () => Promise<LabGuestReport>,
+  passBefore: number,
+  since: number,
+): Promise<number | null> {
+  await sleep(Math.max(0, since + 2500 - Date.now()));
+  const seen = (await read()).heartbeats.at(-1)?.pass ?? 0;
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const r = await read();
+    if (r.heartbeats.some((h) => h.pass > seen && h.gapMs !== undefined) || Date.now() > deadline)
+      return maxGapAfter(r, passBefore);
+    await sleep(200);
+  }
+}
 
 function opts(performance: PerformanceOption, bandwidthMiBs: number | null): MoveOptions {
   return {
@@ -54,7 +88,7 @@ async function rawMigration(
   o: MoveOptions,
   listen: string,
   netns: { src?: string; dst?: string },
-): Promise<{ totalMs: number; downtimeMs: number; wallMs: number }> {
+): Promise<{ totalMs: number; downtimeMs: number; wallMs: number; guestGapMs: number | null }> {
   fs.mkdirSync(dir, { recursive: true });
   const t0 = Date.now();
   const plan = planMigration(o);
@@ -115,7 +149,19 @@ async function rawMigration(
       if (q.status === 'completed' && !wallEnd) wallEnd = Date.now();
       // QEMU fills in total-time and downtime a moment after completion.
       if (q.status === 'completed' && q.downtime) {
-        return { totalMs: q['total-time']!, downtimeMs: q.downtime, wallMs: wallEnd - t0 - BOOT_WAIT_MS };
+        // The destination log holds only what the guest printed after the move, gap report included.
+        const dstLog = paths('dst').serialLog;
+        const guestGapMs = await guestGap(
+          async () => parseLabGuestSerial(fs.existsSync(dstLog) ? fs.readFileSync(dstLog, 'utf8') : ''),
+          0,
+          Date.now(),
+        );
+        return {
+          totalMs: q['total-time']!,
+          downtimeMs: q.downtime,
+          wallMs: wallEnd - t0 - BOOT_WAIT_MS,
+          guestGapMs,
+        };
       }
       await sleep(20);
     }
@@ -131,23 +177,33 @@ async function ferryRounds(
   inv: Inventory,
   performance: PerformanceOption,
   bandwidthMiBs: number | undefined,
-): Promise<{ total: number; memory: number; down: number; qemuDown: number }> {
+): Promise<{ total: number; memory: number; down: number; qemuDown: number; guestGaps: (number | null)[] }> {
   const manager = new MigrationManager(inv);
   const totals: number[] = [];
   const downs: number[] = [];
   const qemuDowns: number[] = [];
   const memory: number[] = [];
+  const guestGaps: (number | null)[] = [];
   for (let i = 0; i < ROUNDS; i++) {
     const from = (await inv.locate('bench')).name;
     const to = from === 'lab1' ? 'lab2' : 'lab1';
+    const passBefore = (await guestReport(inv, 'bench')).heartbeats.at(-1)?.pass ?? 0;
     const s = await (await manager.start({ vm: 'bench', to, performance, bandwidthMiBs })).done;
     expect(s.status, s.reason ?? '').toBe('completed');
     totals.push(s.totalMs);
     downs.push(s.downtimeMs ?? 0);
     qemuDowns.push(s.qemuDowntimeMs ?? 0);
     memory.push((s.phases[1]!.ms ?? 0) + (s.phases[2]!.ms ?? 0));
+    // After the move's figures are taken: the wait for the guest's report is not part of the move.
+    guestGaps.push(await guestGap(() => guestReport(inv, 'bench'), passBefore, Date.now()));
   }
-  return { total: median(totals), memory: median(memory), down: median(downs), qemuDown: median(qemuDowns) };
+  return {
+    total: median(totals),
+    memory: median(memory),
+    down: median(downs),
+    qemuDown: median(qemuDowns),
+    guestGaps,
+  };
 }
 
 async function labWithVm(label: string, link?: number): Promise<Inventory> {
@@ -178,14 +234,16 @@ async function compare(
       'raw QMP: migrate',
       'raw: incl. QEMU starts',
       'raw downtime',
+      'raw: guest saw',
       'ferry: phases 2+3',
       'ferry: all 6 phases',
       'ferry downtime (guest paused)',
       'ferry QEMU downtime',
+      'ferry: guest saw',
     ]);
   const vm = await (await inv.locate('bench')).vmConfig('bench');
   for (const performance of OPTIONS) {
-    const raws: { totalMs: number; downtimeMs: number; wallMs: number }[] = [];
+    const raws: { totalMs: number; downtimeMs: number; wallMs: number; guestGapMs: number | null }[] = [];
     for (let i = 0; i < ROUNDS; i++)
       raws.push(
         await rawMigration(
@@ -203,11 +261,17 @@ async function compare(
       `${median(raws.map((r) => r.totalMs))} ms`,
       `${median(raws.map((r) => r.wallMs))} ms`,
       `${median(raws.map((r) => r.downtimeMs))} ms`,
+      medianText(raws.map((r) => r.guestGapMs)),
       `${f.memory} ms`,
       `${f.total} ms`,
       `${f.down} ms`,
       `${f.qemuDown} ms`,
+      medianText(f.guestGaps),
     ]);
+    gapNotes.push(
+      `${scenario} / ${performance}: raw QEMU downtime ${raws.map((r) => r.downtimeMs).join('/')} ms, guest saw ` +
+        `${raws.map((r) => r.guestGapMs ?? 'n/a').join('/')} ms; ferry guest saw ${f.guestGaps.map((g) => g ?? 'n/a').join('/')} ms`,
+    );
   }
 }
 
@@ -273,7 +337,19 @@ describe('migration benchmark', () => {
 
   it('1 Gbit/s link shaped with tc between two network namespaces (root only)', async (ctx) => {
     if (process.getuid?.() !== 0) {
-      rows.push(['1 Gbit/s link', 'not run: needs root for network namespaces', '', '', '', '', '', '', '']);
+      rows.push([
+        '1 Gbit/s link',
+        'not run: needs root for network namespaces',
+        '',
+        '',
+        '',
+        '',
+        '',
+        '',
+        '',
+        '',
+        '',
+      ]);
       ctx.skip();
     }
     const inv = await labWithVm('bench-link', 1000);

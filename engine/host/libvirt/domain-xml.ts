@@ -265,6 +265,10 @@ export function buildDomainXml(d: NewDomain): string {
       vcpu: String(d.cpus),
       os,
       features: { acpi: '' },
+      // The RTC follows the host's wall clock (QEMU `-rtc base=utc,clock=host`, its default), also while
+      // the VM is paused or moving: the lab guest measures the gap a move leaves in its own clock against
+      // it. Only new domains get the element; it is what they would have without it.
+      clock: { '@offset': 'utc', timer: { '@name': 'rtc', '@track': 'wall' } },
       on_poweroff: 'destroy',
       on_reboot: 'restart',
       on_crash: 'destroy',
