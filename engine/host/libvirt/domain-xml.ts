@@ -169,9 +169,17 @@ export interface HostCapabilities {
   migrationUriTransports: string[];
 }
 
+/**
+ * Parts of the capabilities XML Ferry never reads. On a many-core server the host's topology, caches and
+ * security models are most of the document (one element per CPU thread), and parsing is the costliest
+ * step of a pre-flight: they are cut before parsing. None of these elements nests inside itself.
+ */
+const UNREAD_CAPABILITIES =
+  /<(topology|cache|secmodel|power_management|iommu|memory_bandwidth|netprefix)\b[^>]*?(?:\/>|(?<!\/)>[\s\S]*?<\/\1>)/g;
+
 /** Reads `virConnectGetCapabilities`. */
 export function parseCapabilities(xml: string): HostCapabilities {
-  const caps = obj(parser.parse(xml)['capabilities']);
+  const caps = obj(parser.parse(xml.replace(UNREAD_CAPABILITIES, ''))['capabilities']);
   const host = obj(caps['host']);
   const cpu = obj(host['cpu']);
   const arch = text(cpu['arch']) ?? 'x86_64';
@@ -181,7 +189,8 @@ export function parseCapabilities(xml: string): HostCapabilities {
   const machines = arr(garch['machine']);
   const names = machines.map((m) => text(m)).filter((m): m is string => !!m);
   const pc = machines.find((m) => text(m) === 'pc' || text(m) === 'q35');
-  const transports = arr(obj(obj(host['migration_features'])['uri_transports'])['uri_transport']);
+  const t = obj(obj(host['migration_features'])['uri_transports'])['uri_transport'];
+  const transports: unknown[] = Array.isArray(t) ? t : t === undefined ? [] : [t];
   return {
     uuid: text(host['uuid']),
     cpuVendor: text(cpu['vendor']) ?? 'unknown',
@@ -197,7 +206,11 @@ export function parseCapabilities(xml: string): HostCapabilities {
 
 /** CPU models a new domain may name, from `virConnectGetDomainCapabilities`. */
 export function parseDomainCpuModels(xml: string): string[] {
-  const caps = obj(parser.parse(xml)['domainCapabilities']);
+  // Only the <cpu> element is read (devices and features are most of the document).
+  const from = xml.indexOf('<cpu>');
+  const to = xml.lastIndexOf('</cpu>');
+  const cpu = from >= 0 && to > from ? xml.slice(from, to + '</cpu>'.length) : '';
+  const caps = obj(parser.parse(`<domainCapabilities>${cpu}</domainCapabilities>`)['domainCapabilities']);
   const custom = arr(obj(caps['cpu'])['mode']).find((m) => attr(m, 'name') === 'custom');
   return custom
     ? arr(custom['model'])

@@ -223,7 +223,9 @@ export class LibvirtHost extends LibvirtMigrationDriver implements HostDriver {
         'mt',
       ],
       multifdCompression: libVersion >= 9_004_000 ? ['zlib', 'zstd'] : [],
-      rdma: caps.migrationUriTransports.includes('rdma'),
+      // libvirt lists the rdma transport whenever it was built with it, RDMA hardware or not; with no
+      // way to see the devices through libvirt yet, an RDMA move between libvirt hosts falls back to TCP.
+      rdma: false,
     };
   }
 
