@@ -1,5 +1,3 @@
-import { definePreset } from '@primeuix/themes';
-import Aura from '@primeuix/themes/aura';
 import { createPinia } from 'pinia';
 import PrimeVue from 'primevue/config';
 import ConfirmationService from 'primevue/confirmationservice';
@@ -11,16 +9,7 @@ import { useInventoryStore } from './stores/inventory.js';
 import { useMigrationsStore } from './stores/migrations.js';
 import { DARK_CLASS, useUiStore } from './stores/ui.js';
 import './styles.css';
-
-// Aura with Ferry's sky-blue (matching the app icon), and a focus ring that is easy to see.
-const FerryPreset = definePreset(Aura, {
-  semantic: {
-    primary: Object.fromEntries(
-      [50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 950].map((shade) => [shade, `{sky.${shade}}`]),
-    ),
-    focusRing: { width: '2px', style: 'solid', color: '{primary.color}', offset: '2px' },
-  },
-});
+import { FerryPreset } from './theme.js';
 
 const { client, connection, mode } = connect(window);
 setApiClient(client);

@@ -181,3 +181,85 @@ export async function recordChartUpdates(page: Page, testId: string): Promise<vo
 export function chartUpdates(page: Page): Promise<ChartUpdate[]> {
   return page.evaluate(() => (window as unknown as { __chartUpdates?: ChartUpdate[] }).__chartUpdates ?? []);
 }
+
+// ── Accessibility (axe-core) ────────────────────────────────────────────────────────────────────────
+
+/** The WCAG 2.0 and 2.1 level A and AA rules: what the console promises (issue 14). */
+export const AXE_TAGS = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'];
+const AXE_SOURCE = path.join(REPO, 'node_modules', 'axe-core', 'axe.min.js');
+let axeSource: string | null = null;
+
+export interface AxeViolation {
+  id: string;
+  impact: string | null;
+  help: string;
+  nodes: { target: string; summary: string }[];
+}
+
+/**
+ * Runs axe-core's WCAG 2.1 A/AA rules on the page as it is now and returns the violations.
+ *
+ * axe is put into the page with `page.evaluate` (the DevTools protocol's Runtime.evaluate), which the
+ * page's Content-Security-Policy does not govern: the console is tested with the very CSP header `ferry
+ * web` serves (script-src 'self'), no bypassCSP and no <script> tag added. After a reload it is put in
+ * again.
+ */
+export async function axeViolations(page: Page): Promise<AxeViolation[]> {
+  const loaded = await page.evaluate(() => typeof (window as { axe?: unknown }).axe === 'object');
+  if (!loaded) {
+    axeSource ??= fs.readFileSync(AXE_SOURCE, 'utf8');
+    await page.evaluate(axeSource);
+  }
+  return page.evaluate(async (tags) => {
+    interface AxeResult {
+      violations: {
+        id: string;
+        impact: string | null;
+        help: string;
+        nodes: { target: unknown[]; failureSummary?: string }[];
+      }[];
+    }
+    const axe = (window as unknown as { axe: { run(ctx: Document, o: object): Promise<AxeResult> } }).axe;
+    const r = await axe.run(document, {
+      runOnly: { type: 'tag', values: tags },
+      resultTypes: ['violations'],
+    });
+    return r.violations.map((v) => ({
+      id: v.id,
+      impact: v.impact,
+      help: v.help,
+      nodes: v.nodes.map((n) => ({
+        target: n.target.map(String).join(' '),
+        summary: (n.failureSummary ?? '').replace(/\s*\n\s*/g, ' ').slice(0, 240),
+      })),
+    }));
+  }, AXE_TAGS);
+}
+
+/** Violations as a test failure shows them: rule, impact and what it means, then each element. */
+export function describeViolations(screen: string, violations: AxeViolation[]): string {
+  if (violations.length === 0) return `${screen}: no violations`;
+  const lines = [`${screen}: ${violations.length} rule(s) violated`];
+  for (const v of violations) {
+    lines.push(`  ${v.id} (${v.impact ?? '?'}): ${v.help} — ${v.nodes.length} element(s)`);
+    for (const n of v.nodes.slice(0, 12)) lines.push(`    ${n.target}  ${n.summary}`);
+  }
+  return lines.join('\n');
+}
+
+/** Switches the console's theme through its own toggle (also while a modal dialog covers it). */
+export async function setTheme(page: Page, theme: 'light' | 'dark'): Promise<void> {
+  await page.evaluate((dark) => {
+    if (document.documentElement.classList.contains('ferry-dark') !== dark) {
+      document.querySelector<HTMLElement>('[data-testid="theme-toggle"]')?.click();
+    }
+  }, theme === 'dark');
+  await page.waitForFunction(
+    (dark) => document.documentElement.classList.contains('ferry-dark') === dark,
+    theme === 'dark',
+  );
+  // The new colours are drawn (and any transition the page still runs has ended) a frame later.
+  await page.evaluate(
+    () => new Promise<void>((resolve) => requestAnimationFrame(() => requestAnimationFrame(() => resolve()))),
+  );
+}

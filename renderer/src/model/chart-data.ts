@@ -80,3 +80,69 @@ export interface LineSeries {
   color: string;
   dashed?: boolean;
 }
+
+// A chart's text alternative (WCAG 1.1.1): what it plots, for screen readers, as a one-line summary and
+// as a table of the figures.
+
+const fmt = (v: number): string => v.toFixed(1);
+
+/**
+ * "24 samples over 12.3 s. Throughput (MiB/s): latest 15.0, peak 15.2. … Pass 2 began at 4.1 s." —
+ * the chart's accessible name, read afresh as samples arrive.
+ */
+export function chartSummary(
+  title: string,
+  series: readonly LineSeries[],
+  passes: readonly PassMark[],
+): string {
+  const first = series[0];
+  if (!first || first.data.length === 0) return `${title}: no samples yet.`;
+  const end = first.data[first.data.length - 1]!.x;
+  const parts = [`${title}: ${first.data.length} samples over ${fmt(end)} s.`];
+  for (const s of series) {
+    if (s.data.length === 0) continue;
+    const latest = s.data[s.data.length - 1]!.y;
+    const peak = Math.max(...s.data.map((p) => p.y));
+    parts.push(`${s.label}: latest ${fmt(latest)}, peak ${fmt(peak)}.`);
+  }
+  const last = passes[passes.length - 1];
+  if (last) parts.push(`Pass ${last.pass} began at ${fmt(last.x)} s.`);
+  return parts.join(' ');
+}
+
+export interface ChartTable {
+  /** Column headings: the time, then each series. */
+  columns: string[];
+  /** Time (s), then each series' value at that time ('' where it has none). */
+  rows: string[][];
+}
+
+/**
+ * The figures a chart plots as a table: a row per sample of the first series, at most `maxRows` of them
+ * spread evenly over the move (always its first and latest), each series' value at that moment (its
+ * latest point not after it).
+ */
+export function chartTable(series: readonly LineSeries[], maxRows = 20): ChartTable {
+  const columns = ['Time (s)', ...series.map((s) => s.label)];
+  const base = series[0]?.data ?? [];
+  if (base.length === 0) return { columns, rows: [] };
+  const picks: number[] = [];
+  if (base.length <= maxRows) base.forEach((_, i) => picks.push(i));
+  else {
+    const step = (base.length - 1) / (maxRows - 1);
+    for (let r = 0; r < maxRows; r++) picks.push(Math.round(r * step));
+  }
+  const valueAt = (data: readonly Point[], x: number): string => {
+    let found: Point | null = null;
+    for (const p of data) {
+      if (p.x > x + 1e-9) break;
+      found = p;
+    }
+    return found ? fmt(found.y) : '';
+  };
+  const rows = [...new Set(picks)].map((i) => {
+    const x = base[i]!.x;
+    return [fmt(x), ...series.map((s) => valueAt(s.data, x))];
+  });
+  return { columns, rows };
+}

@@ -252,3 +252,19 @@ export function hydrate(live: LiveMove | null, rec: MigrationRecord): LiveMove {
   if (base.lastSample) base.pass = Math.max(base.pass, base.lastSample.pass);
   return base;
 }
+
+/**
+ * The phase stepper's announcement for screen readers: the phase running now, or how the phases ended.
+ * Durations are left out on purpose: the text changes only when the phase does.
+ */
+export function phaseAnnouncement(phases: readonly PhaseView[]): string {
+  const failed = phases.find((p) => p.state === 'failed');
+  if (failed) return `Stopped in phase ${failed.phase} of ${phases.length}: ${failed.title}.`;
+  const running = phases.find((p) => p.state === 'running');
+  if (running) return `Phase ${running.phase} of ${phases.length}: ${running.title}, in progress.`;
+  if (phases.length > 0 && phases.every((p) => p.state === 'done')) {
+    return `All ${phases.length} phases done.`;
+  }
+  const done = phases.filter((p) => p.state === 'done').length;
+  return done === 0 ? 'Not started yet.' : `${done} of ${phases.length} phases done.`;
+}
