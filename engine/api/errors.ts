@@ -26,6 +26,8 @@ const KINDS = {
   'not-permitted': 'refused',
   /** A client holds too many connections or calls in flight; it may try again when some are done. */
   'rate-limited': 'refused',
+  /** A folder or file Ferry would use is not safe: another user's, writable by others, or a link. */
+  'unsafe-path': 'refused',
   // Reaching a host over the network (libvirt): each says which of the usual causes it is.
   'bad-uri': 'refused',
   'host-unreachable': 'refused',

@@ -203,6 +203,25 @@ export const MigrationRecordSchema = z.object({
   summary: SummarySchema.nullable(),
   /** The Ferry process running the move; a queued or running record whose owner is gone was abandoned. */
   ownerPid: z.number().int().optional(),
+  /**
+   * Set by "the next look" when the Ferry process running a move on Ferry's own hosts died after the
+   * switch-over (phases 4-6). `recovered`: the destination was found running the VM, so the paused
+   * source copy was turned off (status completed, reason "completed (recovered): …").
+   * `needs-administrator`: whether the destination runs the VM is not known, so the source copy stays
+   * paused (status failed, the reason and `source` / `destination` saying what each host has) until an
+   * administrator resolves it; a later look checks again. `resolved`: it was resolved meanwhile by
+   * hand (the source copy resumed, or turned off).
+   */
+  recovery: z
+    .object({
+      outcome: z.enum(['recovered', 'needs-administrator', 'resolved']),
+      at: z.iso.datetime(),
+      /** What the source host has of the VM (QEMU process, run state, migration state). */
+      source: z.string(),
+      /** What the destination host has of the VM. */
+      destination: z.string(),
+    })
+    .optional(),
 });
 export type MigrationRecord = z.infer<typeof MigrationRecordSchema>;
 

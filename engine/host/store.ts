@@ -24,22 +24,75 @@ export function ferryHome(): string {
 
 /**
  * A short folder for unix sockets of one state directory. Socket paths are limited to 108 bytes, and
- * FERRY_HOME can be long, so sockets live under the temp folder keyed by a hash of the state dir.
+ * FERRY_HOME can be long, so sockets live under `$XDG_RUNTIME_DIR/ferry/` (the user's own, private
+ * runtime folder) when there is one, else under the temp folder's `ferry-UID/`, keyed by a hash of the
+ * state dir. Before QEMU is started there, ensureSocketDir makes sure the folders are this user's alone.
  */
 export function socketDir(stateDir: string): string {
   const hash = crypto.createHash('sha256').update(path.resolve(stateDir)).digest('hex').slice(0, 10);
-  const uid = typeof process.getuid === 'function' ? process.getuid() : 0;
-  return path.join(os.tmpdir(), `ferry-${uid}`, hash);
+  return path.join(socketBase(), hash);
 }
 
-export async function ensureDir(dir: string, mode = 0o755): Promise<void> {
+/** The folder every socketDir lies in. */
+export function socketBase(): string {
+  const xdg = process.env.XDG_RUNTIME_DIR;
+  if (xdg && path.isAbsolute(xdg)) return path.join(xdg, 'ferry');
+  const uid = typeof process.getuid === 'function' ? process.getuid() : 0;
+  return path.join(os.tmpdir(), `ferry-${uid}`);
+}
+
+/**
+ * Makes (mode 0700) or checks one private folder, never following a symlink: a folder in a shared
+ * place like /tmp that another user made first, or that others may write, could let them put their
+ * own socket where Ferry (or QEMU) expects its own. Refused with a clear error rather than used.
+ */
+export async function ensurePrivateDir(dir: string): Promise<void> {
+  try {
+    await fs.promises.mkdir(dir, { mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  const st = await fs.promises.lstat(dir);
+  const uid = typeof process.getuid === 'function' ? process.getuid() : null;
+  const refuse = (why: string): never => {
+    throw new FerryError(
+      'unsafe-path',
+      `refusing to use ${dir} for QEMU's sockets: ${why}`,
+      `remove it (or fix it: chown ${uid ?? 'YOU'} ${dir} && chmod 700 ${dir}) and try again`,
+    );
+  };
+  if (st.isSymbolicLink()) refuse('it is a symbolic link');
+  if (!st.isDirectory()) refuse('it is not a folder');
+  if (process.platform === 'win32') return; // no POSIX owner and mode bits to check there
+  if (uid !== null && st.uid !== uid) refuse(`it belongs to another user (uid ${st.uid})`);
+  // Group or others: either way someone else could replace what Ferry puts there.
+  if ((st.mode & 0o022) !== 0)
+    refuse(`others may write to it (mode ${(st.mode & 0o777).toString(8).padStart(3, '0')})`);
+  // Ours and not writable by others: make it private as well (an older Ferry may have made it 0755).
+  if ((st.mode & 0o777) !== 0o700) await fs.promises.chmod(dir, 0o700);
+}
+
+/** The socket folder of a state dir, made or checked (see ensurePrivateDir) before it is used. */
+export async function ensureSocketDir(stateDir: string): Promise<string> {
+  const base = socketBase();
+  if (process.env.XDG_RUNTIME_DIR && path.isAbsolute(process.env.XDG_RUNTIME_DIR)) {
+    await fs.promises.mkdir(path.dirname(base), { recursive: true, mode: 0o700 });
+  }
+  await ensurePrivateDir(base);
+  const dir = socketDir(stateDir);
+  await ensurePrivateDir(dir);
+  return dir;
+}
+
+/** Ferry's state is the user's own: folders it makes are 0700, files 0600 (see writeJsonAtomic). */
+export async function ensureDir(dir: string, mode = 0o700): Promise<void> {
   await fs.promises.mkdir(dir, { recursive: true, mode });
 }
 
 export async function writeJsonAtomic(file: string, data: unknown): Promise<void> {
   await ensureDir(path.dirname(file));
   const tmp = `${file}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`;
-  const fh = await fs.promises.open(tmp, 'w', 0o644);
+  const fh = await fs.promises.open(tmp, 'wx', 0o600);
   try {
     await fh.writeFile(JSON.stringify(data, null, 2) + '\n');
     await fh.sync();
@@ -47,6 +100,28 @@ export async function writeJsonAtomic(file: string, data: unknown): Promise<void
     await fh.close();
   }
   await fs.promises.rename(tmp, file);
+}
+
+/**
+ * Creates a new, empty file at `file` (mode 0600), refusing (`bad-input`) when anything is there
+ * already, a file, a folder or a symbolic link, dangling or not: O_CREAT|O_EXCL never follows a link.
+ * A disk image Ferry makes is created this way first, then filled by qemu-img (which would overwrite
+ * whatever it finds, through a link too).
+ */
+export async function createExclusive(file: string): Promise<void> {
+  let fh: fs.promises.FileHandle;
+  try {
+    const { O_CREAT, O_EXCL, O_WRONLY, O_NOFOLLOW } = fs.constants;
+    fh = await fs.promises.open(file, O_CREAT | O_EXCL | O_WRONLY | (O_NOFOLLOW ?? 0), 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST' || (err as NodeJS.ErrnoException).code === 'ELOOP')
+      throw new FerryError(
+        'bad-input',
+        `${file} already exists (as a file, folder or link); Ferry never overwrites it: choose another path or remove it`,
+      );
+    throw err;
+  }
+  await fh.close();
 }
 
 /** Reads and validates a JSON file; null when it does not exist. A corrupt file is an error, never ignored. */

@@ -5,11 +5,18 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FerryError, MigrationRecordSchema, type MigrationRecord } from '../api/index.js';
-import { ensureDir, readJson, writeJsonAtomic } from '../host/store.js';
+import { ensureDir, readJson, withLock, writeJsonAtomic } from '../host/store.js';
 import { processAlive } from '../qemu/process.js';
 
 export class History {
-  constructor(readonly dir: string) {}
+  /**
+   * `beforeRead`: "the next look" that settles moves whose Ferry process died (Ferry's own hosts: the
+   * manager's), run before the records are listed or read.
+   */
+  constructor(
+    readonly dir: string,
+    private readonly beforeRead: (() => Promise<void>) | null = null,
+  ) {}
 
   newId(): string {
     const t = new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').slice(0, 15);
@@ -31,6 +38,7 @@ export class History {
   }
 
   async get(id: string): Promise<MigrationRecord> {
+    await this.beforeRead?.().catch(() => undefined);
     const rec = await readJson(this.file(id), MigrationRecordSchema);
     if (!rec) throw new FerryError('unknown-migration', `no migration with id ${id} (see: ferry migrations)`);
     return settle(rec);
@@ -38,6 +46,7 @@ export class History {
 
   /** Newest first. */
   async list(): Promise<MigrationRecord[]> {
+    await this.beforeRead?.().catch(() => undefined);
     return (await this.saved()).map(settle);
   }
 
@@ -58,9 +67,54 @@ export class History {
       .sort((a, b) => b.requestedAt.localeCompare(a.requestedAt));
   }
 
+  /**
+   * Writes what the next look found after a move's Ferry process died past the switch-over (see
+   * MigrationRecord.recovery), under the record's recovery lock. Only a record still waiting for that
+   * (abandoned while running, or left for the administrator) is changed, and only when something
+   * changed: a later look that finds the same facts writes nothing. Returns the record as saved, or
+   * null when it was not changed.
+   */
+  async saveRecovery(
+    id: string,
+    found: {
+      outcome: NonNullable<MigrationRecord['recovery']>['outcome'];
+      reason: string;
+      source: string;
+      destination: string;
+    },
+  ): Promise<MigrationRecord | null> {
+    return withLock(path.join(this.dir, `${id}.recovery`), async () => {
+      const rec = await readJson(this.file(id), MigrationRecordSchema).catch(() => null);
+      if (!rec) return null;
+      const waiting =
+        (rec.status === 'running' && isAbandoned(rec)) || rec.recovery?.outcome === 'needs-administrator';
+      if (!waiting) return null;
+      if (
+        rec.recovery?.outcome === found.outcome &&
+        rec.recovery.source === found.source &&
+        rec.recovery.destination === found.destination
+      )
+        return null;
+      const at = new Date().toISOString();
+      const next: MigrationRecord = {
+        ...rec,
+        status: found.outcome === 'recovered' ? 'completed' : 'failed',
+        reason: found.reason,
+        endedAt: rec.endedAt ?? at,
+        events: [
+          ...rec.events,
+          { at: Date.now() - Date.parse(rec.requestedAt), type: 'recovery', message: found.reason },
+        ],
+        recovery: { outcome: found.outcome, at, source: found.source, destination: found.destination },
+      };
+      await writeJsonAtomic(this.file(id), next);
+      return next;
+    });
+  }
+
   async requestCancel(id: string): Promise<void> {
     await ensureDir(this.dir);
-    await fs.promises.writeFile(this.cancelFile(id), new Date().toISOString());
+    await fs.promises.writeFile(this.cancelFile(id), new Date().toISOString(), { mode: 0o600 });
   }
 
   cancelRequested(id: string): boolean {

@@ -53,6 +53,8 @@ export interface MoveContext {
   /** Ms since the move was started (event times are relative to it). */
   now: () => number;
   cancelRequested: () => boolean;
+  /** Writes the move's record as it is now (the test hook below saves it before the process dies). */
+  flush?: () => Promise<void>;
   /** Called as each phase starts, so the manager can refuse a cancel after phase 3. */
   onPhase: (phase: number) => void;
   /** Shared-nothing (R3): the disks the destination creates, its configuration, what the source deletes. */
@@ -64,6 +66,83 @@ export interface SharedNothing {
   destConfig: VmConfig;
   /** Source files to delete after success (empty with keep-source). */
   deleteSourceDisks: string[];
+}
+
+/**
+ * Test hook, for the fault tests only: FERRY_TEST_EXIT_AFTER=switchover (phase 4 begun: QEMU has sent
+ * everything, the destination has not run) or =finish (phase 5: the destination runs the VM) kills this
+ * process with SIGKILL there, its record saved first, so a test can show what the next look does with a
+ * move abandoned after the switch-over (host/local/recovery.ts). Never set outside tests. The same as
+ * libvirt-migration.ts's hook for libvirt hosts.
+ */
+async function testExitAfter(ctx: MoveContext, step: 'switchover' | 'finish'): Promise<void> {
+  if (process.env.FERRY_TEST_EXIT_AFTER !== step) return;
+  await ctx.flush?.().catch(() => undefined);
+  process.kill(process.pid, 'SIGKILL');
+}
+
+/**
+ * Test hook, for the fault tests only: FERRY_TEST_POSTCOPY_DROP=1 makes a post-copy move between Ferry's
+ * own hosts lose its link once the destination runs (the source's stream is shut down with
+ * migrate-pause, as when a cut link is noticed), with post-copy slowed to 8 MiB/s until then so that
+ * it is still under way. Never set outside tests.
+ */
+function testPostcopyDrop(): boolean {
+  return process.env.FERRY_TEST_POSTCOPY_DROP === '1';
+}
+
+/** How long a post-copy move waits for its link to come back before it is reported failed. */
+const POSTCOPY_RECOVER_MS = 120_000;
+
+/**
+ * A post-copy move whose link was lost (QEMU paused it, or its stream stopped moving): both ends are
+ * paused, the destination listens again (migrate-recover), and the source resumes to it (migrate with
+ * resume) — retried each second until the link is back. Returns the number of attempts.
+ */
+async function recoverPostcopy(
+  ctx: MoveContext,
+  source: LocalHost,
+  dest: LocalHost,
+  name: string,
+  status: string,
+): Promise<number> {
+  ctx.emit({
+    type: 'log',
+    level: 'warn',
+    message: `post-copy lost its link (${status === 'postcopy-paused' ? 'QEMU paused it' : 'its stream stopped'}); pausing it to resume where the link comes back`,
+  });
+  const deadline = Date.now() + POSTCOPY_RECOVER_MS;
+  const statusNow = async (): Promise<string> => (await source.outgoingStats(name)).status;
+  if (status === 'postcopy-active') await source.pauseOutgoing(name).catch(() => undefined);
+  while ((await statusNow()) !== 'postcopy-paused') {
+    if (Date.now() > deadline) throw new FerryError('migration-failed', 'post-copy did not pause');
+    await sleep(POLL_MS);
+  }
+  const uri = await dest.recoverIncoming(name);
+  if (testPostcopyDrop()) await source.setOutgoingParameters(name, { 'max-postcopy-bandwidth': 0 });
+  for (let attempt = 1; ; attempt++) {
+    await source.resumeOutgoing(name, uri).catch(() => undefined); // the link may still be down
+    let st = await statusNow();
+    const settle = Date.now() + 10_000;
+    while (st === 'postcopy-recover' && Date.now() < settle) {
+      await sleep(POLL_MS);
+      st = await statusNow();
+    }
+    if (st === 'postcopy-active' || st === 'completed') {
+      ctx.emit({
+        type: 'log',
+        level: 'info',
+        message: `post-copy resumed on a new connection to ${dest.name} (attempt ${attempt})`,
+      });
+      return attempt;
+    }
+    if (st !== 'postcopy-paused' || Date.now() > deadline)
+      throw new FerryError(
+        'migration-failed',
+        `post-copy could not resume after losing its link (QEMU reports ${st})`,
+      );
+    await sleep(1000);
+  }
 }
 
 export class Cancelled extends Error {
@@ -237,6 +316,9 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
           ctx.emit({ type: 'escalation', step: 'raise-downtime', message: action.message });
         } else if (action.kind === 'postcopy') {
           ctx.emit({ type: 'escalation', step: 'postcopy', message: action.message });
+          // Test hook (see testPostcopyDrop): a slow post-copy, so that it still runs when the link goes.
+          if (testPostcopyDrop())
+            await source.setOutgoingParameters(name, { 'max-postcopy-bandwidth': 8 * 1024 * 1024 });
           await source.startPostcopy(name);
         } else if (action.kind === 'throttle') {
           ctx.emit({ type: 'escalation', step: 'throttle', message: action.message });
@@ -294,6 +376,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
 
     // ---- 4 Storage handle -----------------------------------------------------------------------
     begin(4);
+    await testExitAfter(ctx, 'switchover');
     let handle = await dest.storageHandle(name);
     const deadline = Date.now() + 30_000;
     while (handle.runState === 'inmigrate' && Date.now() < deadline) {
@@ -321,12 +404,41 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     begin(5);
     ({ resumedAt } = await dest.finishIncoming(name));
     destRunning = true;
+    await testExitAfter(ctx, 'finish');
     if (postcopy) {
-      // The rest of memory follows on demand; the move is over when the source has sent it all.
+      // The rest of memory follows on demand; the move is over when the source has sent it all. A lost
+      // link pauses post-copy and resumes it on a new connection once the link is back (Ferry's own
+      // hosts: migrate-pause / migrate-recover / migrate resume); never a cancel, the VM runs there.
+      const own = source instanceof LocalHost && dest instanceof LocalHost ? { source, dest } : null;
+      let bytes = -1;
+      let grewAt = ctx.now();
+      let dropped = false;
       for (;;) {
         const st = await source.outgoingStats(name);
         last = st;
         if (st.status === 'completed') break;
+        if (st.transferred > bytes) {
+          bytes = st.transferred;
+          grewAt = ctx.now();
+        }
+        if (own && testPostcopyDrop() && !dropped && st.status === 'postcopy-active') {
+          // Test hook: the link is lost here (the stream shut down, as a cut link is once noticed).
+          dropped = true;
+          await own.source.pauseOutgoing(name);
+          continue;
+        }
+        const lost =
+          st.status === 'postcopy-paused' ||
+          (st.status === 'postcopy-active' && ctx.now() - grewAt > STALL_MS);
+        if (own && lost) {
+          const attempts = await recoverPostcopy(ctx, own.source, own.dest, name, st.status);
+          warnings.push(
+            `post-copy lost its link and resumed on a new connection (${attempts} attempt${attempts === 1 ? '' : 's'})`,
+          );
+          bytes = -1;
+          grewAt = ctx.now();
+          continue;
+        }
         if (st.status === 'failed' || st.status === 'postcopy-paused') {
           throw new FerryError(
             'migration-failed',

@@ -18,7 +18,8 @@ import {
 import type { HostDriver } from '../host/driver.js';
 import type { Inventory } from '../host/inventory.js';
 import { LibvirtHost } from '../host/libvirt/libvirt-host.js';
-import { History } from './history.js';
+import { LocalHost } from '../host/local/local-host.js';
+import { History, isAbandoned } from './history.js';
 import { libvirtMigration } from './libvirt-migration.js';
 import { liveMigration, type EventSink, type MoveContext, type SharedNothing } from './live-migration.js';
 import { storageMove } from './storage-move.js';
@@ -45,11 +46,47 @@ export class MigrationManager {
   private readonly running = new Map<string, Promise<Summary>>();
 
   constructor(private readonly inv: Inventory) {
-    this.history = new History(path.join(inv.home, 'migrations'));
+    this.history = new History(path.join(inv.home, 'migrations'), () => this.lookAtAbandoned());
     this.scheduler = new Scheduler(inv.home, async (host) => {
       const s = await (await inv.host(host)).settings();
       return { live: s.maxLiveMigrations, storage: s.maxStorageMigrations };
     });
+  }
+
+  /**
+   * The next look for moves between Ferry's own hosts whose Ferry process died (libvirt's have
+   * libvirt-recovery.ts): looking at the VM on its source host settles it there (host/local/lifecycle.ts
+   * rolls back a move abandoned before the switch-over; recovery.ts resolves one abandoned after it, and
+   * writes what it found into the record). Also re-checks moves left for the administrator.
+   */
+  private async lookAtAbandoned(): Promise<void> {
+    const saved = await this.history.saved().catch(() => []);
+    const waiting = saved.filter(
+      (r) =>
+        r.kind === 'live' &&
+        ((r.status === 'running' && isAbandoned(r)) || r.recovery?.outcome === 'needs-administrator'),
+    );
+    for (const rec of waiting) {
+      const [source, dest] = await Promise.all(
+        [rec.from, rec.to].map((n) => this.inv.host(n).catch(() => null)),
+      );
+      if (!(source instanceof LocalHost) || !(dest instanceof LocalHost)) continue;
+      if (await source.hasVm(rec.vm)) await source.vmInfo(rec.vm).catch(() => undefined);
+      if (rec.recovery?.outcome !== 'needs-administrator') continue;
+      // Left for the administrator, and the source copy no longer waits for this move (turned off,
+      // deleted, or started afresh): resolved by hand. Say where the VM is now.
+      if ((await source.hasVm(rec.vm)) && (await source.pendingMove(rec.vm)) === rec.id) continue;
+      const now = await this.inv.locate(rec.vm).catch(() => null);
+      const where = now ? `${rec.vm} is on ${now.name} now` : `${rec.vm} is on no host now`;
+      await this.history
+        .saveRecovery(rec.id, {
+          outcome: 'resolved',
+          reason: `resolved by hand after the switch-over: the paused copy on ${rec.from} no longer waits for this move; ${where}`,
+          source: `${rec.from} (source): no copy waits for this move`,
+          destination: rec.recovery.destination,
+        })
+        .catch(() => null);
+    }
   }
 
   subscribe(fn: Listener): () => void {
@@ -166,6 +203,7 @@ export class MigrationManager {
           emit,
           now,
           cancelRequested: () => this.cancelRequested(id),
+          flush: () => persist(true),
           onPhase: (phase) => {
             state.phase = phase;
             void this.scheduler.setPhase(id, phase).catch(() => undefined);

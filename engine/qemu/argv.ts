@@ -22,6 +22,16 @@ export interface ArgvOptions {
   prealloc?: boolean;
 }
 
+/**
+ * A value in QEMU's option syntax (`-chardev socket,id=x,path=VALUE,server=on`): a comma inside a value
+ * is written as two commas, else what follows it is read as more options (a state folder named
+ * `a,server=off` would change the monitor; a path with `,` injects options). Every path Ferry puts into
+ * an option string goes through this; JSON arguments (`-blockdev {…}`, QMP) need nothing.
+ */
+export function optValue(value: string): string {
+  return value.replace(/,/g, ',,');
+}
+
 export function labGuestAppend(lab: NonNullable<VmConfig['labGuest']>): string {
   return `ws=${lab.workingSetMiB} rate=${lab.dirtyRateMiBs}`;
 }
@@ -29,7 +39,7 @@ export function labGuestAppend(lab: NonNullable<VmConfig['labGuest']>): string {
 export function qemuArgv(vm: VmConfig, paths: VmRuntimePaths, opts: ArgvOptions): string[] {
   const a: string[] = [
     '-name',
-    `guest=${vm.name},debug-threads=on`,
+    `guest=${optValue(vm.name)},debug-threads=on`,
     '-uuid',
     vm.uuid,
     '-machine',
@@ -51,20 +61,29 @@ export function qemuArgv(vm: VmConfig, paths: VmRuntimePaths, opts: ArgvOptions)
     '-pidfile',
     paths.pidFile,
     '-chardev',
-    `socket,id=qmp0,path=${paths.qmpSocket},server=on,wait=off`,
+    `socket,id=qmp0,path=${optValue(paths.qmpSocket)},server=on,wait=off`,
     '-mon',
     'chardev=qmp0,mode=control',
     '-chardev',
-    `socket,id=qmp1,path=${paths.statusSocket},server=on,wait=off`,
+    `socket,id=qmp1,path=${optValue(paths.statusSocket)},server=on,wait=off`,
     '-mon',
     'chardev=qmp1,mode=control',
     '-chardev',
-    `file,id=serial0,path=${paths.serialLog},append=on`,
+    `file,id=serial0,path=${optValue(paths.serialLog)},append=on`,
     '-serial',
     'chardev:serial0',
+    // The CMOS RTC follows the host's wall clock, also while the VM is paused or moving: the one clock the
+    // lab guest can measure the gap a pause or a move leaves in its own clock against (its other clocks run
+    // on QEMU's virtual clock, which stops with the VM). This is QEMU's default, spelt out so that no build
+    // or configuration default can change it; being the default, it changes no VM's hardware, so a VM
+    // started without it moves to a host that passes it and back.
+    '-rtc',
+    'base=utc,clock=host',
   ];
   if (vm.labGuest) {
     // The lab guest boots like firmware from Ferry's own read-only image, never from a data disk.
+    // -kernel (like -pidfile) takes its path as it is, not in option syntax: no escaping (a doubled
+    // comma there names another file).
     a.push('-kernel', paths.labGuestKernel, '-append', labGuestAppend(vm.labGuest));
   }
   for (const d of vm.disks) {

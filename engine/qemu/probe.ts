@@ -1,11 +1,11 @@
 // Reads what a QEMU binary supports (version, machine types, CPU models, migration capabilities, multifd
 // compression methods) by starting it with no machine and asking over QMP.
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { FerryError } from '../api/index.js';
+import { optValue } from './argv.js';
 import { connectWhenReady, killQemu, spawnDetached } from './process.js';
 
 export const QemuCapsSchema = z.object({
@@ -47,8 +47,8 @@ export function multifdCompressionFromSchema(schema: SchemaEntry[]): string[] {
 }
 
 export async function probeQemu(binary: string): Promise<QemuCaps> {
-  const dir = path.join(os.tmpdir(), `ferry-probe-${process.pid}-${crypto.randomBytes(3).toString('hex')}`);
-  fs.mkdirSync(dir, { recursive: true });
+  // A fresh private folder (0700, a name nobody can guess beforehand) for the probe's socket and log.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `ferry-probe-${process.pid}-`));
   const sock = path.join(dir, 'qmp.sock');
   const log = path.join(dir, 'qemu.log');
   const pid = await spawnDetached(
@@ -62,7 +62,7 @@ export async function probeQemu(binary: string): Promise<QemuCaps> {
       'none',
       '-S',
       '-chardev',
-      `socket,id=qmp,path=${sock},server=on,wait=off`,
+      `socket,id=qmp,path=${optValue(sock)},server=on,wait=off`,
       '-mon',
       'chardev=qmp,mode=control',
     ],

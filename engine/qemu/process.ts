@@ -15,9 +15,10 @@ export function exitOf(pid: number): string | null {
 
 /** Starts QEMU in its own session with stdout/stderr appended to logFile; returns its pid. */
 export async function spawnDetached(binary: string, argv: string[], logFile: string): Promise<number> {
-  const fd = fs.openSync(logFile, 'a');
+  const fd = fs.openSync(logFile, 'a', 0o600); // logs are the user's own, like all of Ferry's state
   try {
-    const child = spawn(binary, argv, { detached: true, stdio: ['ignore', fd, fd] });
+    // What QEMU creates (serial log, pid file, sockets) is the user's alone: umask 077 for the child.
+    const child = withPrivateUmask(() => spawn(binary, argv, { detached: true, stdio: ['ignore', fd, fd] }));
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('exit', (code, signal) =>
         exits.set(child.pid!, signal ? `killed by ${signal}` : `exit code ${code}`),
@@ -31,6 +32,21 @@ export async function spawnDetached(binary: string, argv: string[], logFile: str
     return pid;
   } finally {
     fs.closeSync(fd);
+  }
+}
+
+/** Runs fn (which forks) under umask 077; where the umask cannot be set (a worker thread), as it is. */
+function withPrivateUmask<T>(fn: () => T): T {
+  let old: number | null = null;
+  try {
+    old = process.umask(0o077);
+  } catch {
+    old = null;
+  }
+  try {
+    return fn();
+  } finally {
+    if (old !== null) process.umask(old);
   }
 }
 

@@ -50,7 +50,7 @@ const server = net.createServer({ pauseOnConnect: true }, (src) => {
   }));
 });
 server.listen(0, listenHost, () => {
-  fs.writeFileSync(portFile + '.tmp', String(server.address().port));
+  fs.writeFileSync(portFile + '.tmp', String(server.address().port), { mode: 0o600 });
   fs.renameSync(portFile + '.tmp', portFile);
 });
 setTimeout(() => { if (seen === 0) process.exit(0); }, 600000).unref();

@@ -16,7 +16,7 @@ import {
 } from '../../qemu/block.js';
 import { diskFreeBytes, execFileAsync, findQemuImg } from '../../qemu/system.js';
 import type { DiskJob, FileIdentity, NbdTarget, StorageMoveResult } from '../driver.js';
-import { ensureDir, readJson, writeJsonAtomic } from '../store.js';
+import { createExclusive, ensureDir, readJson, writeJsonAtomic } from '../store.js';
 import { isRunning, refuseWhileMigrating, type LocalContext } from './context.js';
 
 /** A storage-only move in progress, kept beside the VM so an abort knows what it made. */
@@ -120,11 +120,14 @@ export class Disks {
       try {
         for (const t of plan.targets) {
           const disk = vm.disks.find((d) => d.id === t.id)!;
-          if (fs.existsSync(t.path)) throw new FerryError('bad-input', `${t.path} already exists`);
           await ensureDir(path.dirname(t.path));
+          // Made exclusively (never through a link, never over anything already there), and only then
+          // counted as this move's own; qemu-img then writes into that very file.
+          await createExclusive(t.path);
+          t.made = true;
+          await writeJsonAtomic(this.storageMovePath(name), plan);
           // The copy has the disk's own format (qcow2 or raw on Ferry's own hosts).
           await execFileAsync(qemuImg, ['create', '-q', '-f', disk.format, t.path, String(disk.sizeBytes)]);
-          t.made = true;
           const stamp = Date.now().toString(36);
           t.node = `${t.id}-n${stamp}`;
           await writeJsonAtomic(this.storageMovePath(name), plan);
@@ -276,6 +279,17 @@ export class Disks {
               : 'other';
           return { path: p, exists: true, device: st.dev, inode: st.ino, size: st.size, kind } as const;
         } catch {
+          // A dangling link is not "missing": a file made at p would land wherever it points.
+          const link = await fs.promises.lstat(p).catch(() => null);
+          if (link)
+            return {
+              path: p,
+              exists: true,
+              device: link.dev,
+              inode: link.ino,
+              size: 0,
+              kind: 'other',
+            } as const;
           return { path: p, exists: false, device: 0, inode: 0, size: 0, kind: 'missing' } as const;
         }
       }),
@@ -284,7 +298,7 @@ export class Disks {
 
   async writeMarker(dir: string, token: string): Promise<string> {
     const file = path.join(dir, `.ferry-probe-${token.slice(0, 12)}`);
-    await fs.promises.writeFile(file, token);
+    await fs.promises.writeFile(file, token, { mode: 0o600, flag: 'wx' });
     return file;
   }
 

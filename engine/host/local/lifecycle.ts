@@ -21,7 +21,14 @@ import { connectWhenReady, isQemuAlive, killQemu, tailOf, waitForExit } from '..
 import { QmpClient } from '../../qemu/qmp.js';
 import { execFileAsync, findQemuImg } from '../../qemu/system.js';
 import type { SerialChunk, StopOptions } from '../driver.js';
-import { ensureDir, labGuestImage, withLock, writeJsonAtomic } from '../store.js';
+import {
+  createExclusive,
+  ensureDir,
+  ensureSocketDir,
+  labGuestImage,
+  withLock,
+  writeJsonAtomic,
+} from '../store.js';
 import {
   activeMigration,
   isRunning,
@@ -31,6 +38,7 @@ import {
   type Runtime,
 } from './context.js';
 import type { MigrationDestination } from './migration-destination.js';
+import { settleAfterSwitchover } from './recovery.js';
 
 const QMP_STATUS_TIMEOUT_MS = 3000;
 
@@ -54,12 +62,20 @@ export class Lifecycle {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
     names.sort();
-    return Promise.all(names.map(async (n) => this.summary(await this.ctx.vmConfig(n))));
+    const all = await Promise.all(
+      names.map(async (n) => {
+        const vm = await this.ctx.vmConfig(n).catch(() => null); // gone meanwhile (moved away)
+        return vm ? this.summary(vm) : null;
+      }),
+    );
+    return all.filter((s): s is VmSummary => s !== null);
   }
 
   async vmInfo(name: string): Promise<VmInfo> {
     const vm = await this.ctx.vmConfig(name);
     const s = await this.summary(vm);
+    if (!s)
+      throw new FerryError('unknown-vm', `VM "${name}" is no longer on host ${this.ctx.name}: it moved`);
     return {
       ...s,
       configVersion: vm.machineType,
@@ -72,9 +88,22 @@ export class Lifecycle {
     };
   }
 
-  private async summary(vm: VmConfig): Promise<VmSummary> {
+  private async current(name: string): Promise<VmSummary> {
+    const s = await this.summary(await this.ctx.vmConfig(name));
+    if (!s)
+      throw new FerryError('unknown-vm', `VM "${name}" is no longer on host ${this.ctx.name}: it moved`);
+    return s;
+  }
+
+  /** The VM as observed now; null when the look found it had moved away (see recovery.ts). */
+  private async summary(vm: VmConfig): Promise<VmSummary | null> {
     const rt = await this.ctx.runtime(vm.name);
-    const { state, reason } = await this.observe(vm, rt);
+    const seen = await this.observe(vm, rt);
+    if (seen === 'moved') {
+      await this.ctx.removeVmState(vm.name); // its lock released: the rest of its folder goes
+      return null;
+    }
+    const { state, reason } = seen;
     const live = state !== 'stopped' && state !== 'crashed';
     return {
       name: vm.name,
@@ -94,7 +123,7 @@ export class Lifecycle {
   private async observe(
     vm: VmConfig,
     rt: Runtime | null,
-  ): Promise<{ state: VmState; reason: string | null }> {
+  ): Promise<{ state: VmState; reason: string | null } | 'moved'> {
     if (!rt) return { state: 'stopped', reason: null };
     if (rt.crashedAt) return { state: 'crashed', reason: rt.crashReason };
     if (!isQemuAlive(rt.pid, rt.qmpSocket)) {
@@ -144,13 +173,14 @@ export class Lifecycle {
 
   /**
    * The Ferry process that ran a move died before finishing it. Before the switch-over the source takes
-   * the VM back (cancel, resume) and a destination skeleton is removed. After it, nothing is guessed:
-   * the VM stays paused with the reason, for the administrator to decide.
+   * the VM back (cancel, resume) and a destination skeleton is removed. After it (recovery.ts): when the
+   * destination is known to run the VM the source copy is turned off ('moved'); otherwise nothing is
+   * guessed: the VM stays paused with both hosts' facts, for the administrator to decide.
    */
   private async recoverAbandonedMove(
     name: string,
     rt: Runtime,
-  ): Promise<{ state: VmState; reason: string } | null> {
+  ): Promise<{ state: VmState; reason: string } | 'moved' | null> {
     const m = rt.migration!;
     return withLock(this.ctx.lockPath(name), async () => {
       const cur = await this.ctx.runtime(name);
@@ -177,10 +207,10 @@ export class Lifecycle {
       try {
         const st = parseQueryMigrate(await qmp.execute('query-migrate')).status;
         if (st === 'completed' || st.startsWith('postcopy')) {
-          return {
-            state: 'paused' as const,
-            reason: `the move ${m.id} to ${m.peer} was abandoned after the switch-over: check ${m.peer} before resuming this copy`,
-          };
+          const r = await settleAfterSwitchover(this.ctx, name, cur, qmp);
+          if (r.outcome === 'recovered') return 'moved' as const;
+          if (r.outcome === 'resolved') return null; // observed afresh below
+          return { state: 'paused' as const, reason: r.reason };
         }
         // Cancel (yank if blocked) while the destination's skeleton may still read; a QEMU that stays
         // stuck keeps running here and the pre-flight says so before the next move.
@@ -274,15 +304,11 @@ export class Lifecycle {
         } else if (d.kind === 'new') {
           const sizeBytes = Math.round(d.sizeGiB * 1024 ** 3);
           const file = path.join(diskFolder, `${id}.qcow2`);
-          if (fs.existsSync(file)) {
-            throw new FerryError(
-              'bad-input',
-              `${file} already exists; Ferry will not overwrite a disk image`,
-            );
-          }
           await ensureDir(diskFolder);
-          await execFileAsync(qemuImg, ['create', '-q', '-f', 'qcow2', file, String(sizeBytes)]);
+          // Never over an existing file or through a link: made exclusively, then filled by qemu-img.
+          await createExclusive(file);
           disks.push({ id, path: file, format: 'qcow2', sizeBytes, owned: true });
+          await execFileAsync(qemuImg, ['create', '-q', '-f', 'qcow2', file, String(sizeBytes)]);
         }
       }
       const vm: VmConfig = {
@@ -367,7 +393,7 @@ export class Lifecycle {
           throw new FerryError('missing-image', `disk ${d.id} of "${name}" is missing: ${d.path}`);
       }
       const paths = this.ctx.runtimePaths(vm);
-      await ensureDir(path.dirname(paths.qmpSocket), 0o700);
+      await ensureSocketDir(this.ctx.record.stateDir);
       for (const s of [paths.qmpSocket, paths.statusSocket]) await fs.promises.rm(s, { force: true });
       const log = this.ctx.qemuLog(name);
       const pid = await this.ctx.spawnQemu(
@@ -385,7 +411,7 @@ export class Lifecycle {
         throw err;
       }
     });
-    return this.summary(await this.ctx.vmConfig(name));
+    return this.current(name);
   }
 
   async pauseVm(name: string): Promise<VmSummary> {
@@ -405,7 +431,7 @@ export class Lifecycle {
         await qmp.close();
       }
     });
-    return this.summary(await this.ctx.vmConfig(name));
+    return this.current(name);
   }
 
   async stopVm(name: string, opts: StopOptions): Promise<VmSummary> {
@@ -441,7 +467,7 @@ export class Lifecycle {
       await fs.promises.rm(this.ctx.runtimePath(name), { force: true });
       for (const s of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(s, { force: true });
     });
-    return this.summary(await this.ctx.vmConfig(name));
+    return this.current(name);
   }
 
   // ---- console ---------------------------------------------------------------------------------

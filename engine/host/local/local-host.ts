@@ -115,6 +115,21 @@ export class LocalHost implements HostDriver {
   ): Promise<void> {
     return this.source.startOutgoing(name, req);
   }
+  /** The id of the move this VM's QEMU is still marked with here (also one whose mover died), or null. */
+  async pendingMove(name: string): Promise<string | null> {
+    return (await this.ctx.runtime(name).catch(() => null))?.migration?.id ?? null;
+  }
+
+  /** Post-copy link loss (Ferry's own hosts): pause, then resume to the destination's recovery URI. */
+  pauseOutgoing(name: string): Promise<void> {
+    return this.source.pauseOutgoing(name);
+  }
+  resumeOutgoing(name: string, uri: string): Promise<void> {
+    return this.source.resumeOutgoing(name, uri);
+  }
+  recoverIncoming(name: string): Promise<string> {
+    return this.destination.recoverIncoming(name);
+  }
   outgoingStats(name: string): Promise<OutgoingStats> {
     return this.source.outgoingStats(name);
   }

@@ -13,7 +13,7 @@ import { connectWhenReady, isQemuAlive, killQemu } from '../../qemu/process.js';
 import type { QmpClient } from '../../qemu/qmp.js';
 import { execFileAsync, findQemuImg } from '../../qemu/system.js';
 import type { IncomingRequest, NbdTarget, StorageHandle } from '../driver.js';
-import { ensureDir, readJson, writeJsonAtomic } from '../store.js';
+import { createExclusive, ensureDir, ensureSocketDir, readJson, writeJsonAtomic } from '../store.js';
 import { eventMs, newRuntime, type LocalContext } from './context.js';
 
 export class MigrationDestination {
@@ -39,12 +39,12 @@ export class MigrationDestination {
       const made: string[] = [];
       try {
         for (const d of newDisks) {
-          if (fs.existsSync(d.path))
-            throw new FerryError('bad-input', `${d.path} already exists on ${this.ctx.name}`);
-          // Noted before it is made, so an abort removes a half-made file, and never someone else's.
+          await ensureDir(path.dirname(d.path));
+          // Made exclusively first (refused if anything is there, a dangling link too), then noted,
+          // so an abort removes a half-made file, and never someone else's; then qemu-img fills it.
+          await createExclusive(d.path);
           made.push(d.path);
           await writeJsonAtomic(this.newDisksPath(vm.name), made);
-          await ensureDir(path.dirname(d.path));
           await execFileAsync(qemuImg, ['create', '-q', '-f', d.format, d.path, String(d.sizeBytes)]);
         }
       } catch (err) {
@@ -53,7 +53,7 @@ export class MigrationDestination {
       }
     }
     const paths = this.ctx.runtimePaths(vm);
-    await ensureDir(path.dirname(paths.qmpSocket), 0o700);
+    await ensureSocketDir(this.ctx.record.stateDir);
     for (const sock of [paths.qmpSocket, paths.statusSocket]) await fs.promises.rm(sock, { force: true });
     const log = this.ctx.qemuLog(vm.name);
     const argv = qemuArgv(vm, paths, { accel: facts.accel, incoming: true, paused: true, prealloc: true });
@@ -170,6 +170,41 @@ export class MigrationDestination {
       });
     }
     return { host, port, exports: ids.map((id) => ({ id, name: id })) };
+  }
+
+  /**
+   * Post-copy link recovery on the destination: once its side of the migration is paused too (it is
+   * paused here when it has not noticed the loss yet), listens again with migrate-recover on this
+   * host's migration address and returns the URI the source resumes to.
+   */
+  async recoverIncoming(name: string): Promise<string> {
+    const s = this.ctx.session(name);
+    const status = async (): Promise<string> =>
+      (await s.qmp.execute<{ status?: string }>('query-migrate')).status ?? 'none';
+    const deadline = Date.now() + 3000;
+    let st = await status();
+    while (st !== 'postcopy-paused' && Date.now() < deadline) {
+      await sleep(50);
+      st = await status();
+    }
+    if (st === 'postcopy-active') {
+      await s.qmp.execute('migrate-pause');
+      while (st !== 'postcopy-paused' && Date.now() < deadline + 3000) {
+        await sleep(50);
+        st = await status();
+      }
+    }
+    if (st !== 'postcopy-paused')
+      throw new FerryError('migration-failed', `the destination's post-copy is ${st}, not paused`);
+    const addr = this.ctx.record.migrationAddress;
+    const host = addr.includes(':') ? `[${addr}]` : addr;
+    await s.qmp.execute('migrate-recover', { uri: `tcp:${host}:0` });
+    // The new listener is the first of the incoming addresses.
+    const q = await s.qmp.execute<{ 'socket-address'?: { port: string }[] }>('query-migrate');
+    const port = q['socket-address']?.[0]?.port;
+    if (!port)
+      throw new FerryError('migration-failed', `QEMU on ${this.ctx.name} did not report its recovery port`);
+    return `tcp:${host}:${port}`;
   }
 
   async incomingRunState(name: string): Promise<string> {

@@ -108,6 +108,20 @@ export class MigrationSource {
     await this.ctx.session(name).qmp.execute('migrate-start-postcopy');
   }
 
+  /**
+   * Post-copy only: pauses a post-copy migration whose link is lost (QEMU's migrate-pause shuts its
+   * stream down), so that it can resume on a new connection with resumeOutgoing. Never cancel there:
+   * the destination already runs, and part of the memory is only here.
+   */
+  async pauseOutgoing(name: string): Promise<void> {
+    await this.ctx.session(name).qmp.execute('migrate-pause');
+  }
+
+  /** Resumes a paused post-copy migration to the destination's recovery address (migrate-recover). */
+  async resumeOutgoing(name: string, uri: string): Promise<void> {
+    await this.ctx.session(name).qmp.execute('migrate', { uri, resume: true });
+  }
+
   async cancelOutgoing(name: string): Promise<void> {
     const s = await this.ctx.sessionForCleanup(name);
     const before = parseQueryMigrate(await s.qmp.execute('query-migrate'));
