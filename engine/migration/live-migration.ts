@@ -504,7 +504,14 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
         warnings.push(`the source did not take the VM back cleanly: ${e.message}`),
       );
     };
-    if (begun && !completed) await takeBack();
+    if (begun && !completed) {
+      // Behind a relay (multifd) a dead destination still "receives": the source may have finished
+      // sending after Ferry last looked. Such a source is paused with everything sent; it is taken
+      // back like any completed one, once the destination is gone (below), never cancelled.
+      const st = await source.outgoingStats(name).catch(() => null);
+      if (st?.status === 'completed') completed = true;
+      else await takeBack();
+    }
     if (prepared)
       await dest
         .abortIncoming(name)

@@ -184,6 +184,49 @@ describe.each(OPTIONS)('%s', (performance) => {
     });
 });
 
+describe('a destination QEMU killed during setup', () => {
+  // Behind the multifd relay the source can finish sending into a dead destination (a mostly untouched
+  // guest is quick to send, even at 8 MiB/s) before Ferry notices: it must be taken back (resumed), not
+  // left paused as "already switched over".
+  it.each(['compression', 'multichannel'] as const)(
+    '%s: the VM keeps running on the source',
+    async (performance) => {
+      const { from, to, pid } = await where();
+      const runtime = path.join(home, 'hosts', to, 'vms', VM, 'runtime.json');
+      let id = '';
+      let killed = false;
+      const off = manager.subscribe((e) => {
+        if (id && e.id !== id) return;
+        if (e.type === 'phase' && e.phase === 1 && e.state === 'started')
+          // The skeleton's QEMU, as soon as it has a process.
+          void waitFor(
+            'the destination skeleton',
+            async () => fs.existsSync(runtime) && skeletonPid(to),
+            30_000,
+            20,
+          ).then((skeleton) => {
+            process.kill(skeleton, 'SIGKILL');
+            killed = true;
+          });
+      });
+      const started = await manager.start({ vm: VM, to, performance, bandwidthMiBs: 8 });
+      id = started.id;
+      const s = await started.done;
+      off();
+      expect(killed).toBe(true);
+      expect(s.status).toBe('failed');
+      expect(s.warnings).toEqual([]);
+      expect(await where()).toEqual({ from, to, pid });
+      expect((await (await inv.host(from)).vmInfo(VM)).state).toBe('running');
+      expect(await (await inv.host(to)).hasVm(VM)).toBe(false);
+      const before = (await guestReport(inv, VM)).heartbeats.at(-1)?.pass ?? 0;
+      const after = await waitForPasses(inv, VM, before + 2);
+      expect(after.mismatches).toEqual([]);
+      expect((await manager.check({ vm: VM, to, performance })).errors).toEqual([]);
+    },
+  );
+});
+
 describe('a source QEMU that cannot recover', () => {
   // Killing the relay with the destination passes the reset on to a multifd source: QEMU 7.2 then
   // often hangs for good (qemu/migration.ts, isBroken); it is a race inside QEMU, so up to five tries.
