@@ -226,7 +226,14 @@ export class Inventory {
   /** The host that holds the VM. */
   async locate(vm: string): Promise<HostDriver> {
     const { hosts, down } = await this.reachable();
-    for (const h of hosts) if (await h.hasVm(vm)) return h;
+    const found: HostDriver[] = [];
+    for (const h of hosts) if (await h.hasVm(vm)) found.push(h);
+    if (found.length > 1) {
+      // A VM in a migration started outside Ferry (virsh) also shows on its destination, paused for
+      // the incoming stream: the copy that runs is where the VM lives.
+      for (const h of found) if ((await h.vmInfo(vm).catch(() => null))?.state === 'running') return h;
+    }
+    if (found[0]) return found[0];
     const unchecked = down.length ? `; not reachable now: ${down.join(', ')}` : '';
     throw new FerryError('unknown-vm', `no VM named "${vm}" on any host (see: ferry vm list)${unchecked}`);
   }

@@ -239,6 +239,7 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
       expect(check.code, check.stderr).toBe(2);
       const report = JSON.parse(check.stdout) as { errors: { code: string; message: string }[] };
       const busy = report.errors.find((e) => e.code === 'vm-busy');
+      expect(busy, check.stdout).toBeDefined();
       expect(busy?.message).toMatch(
         new RegExp(`^mv is busy on ${fromName}: a migration is running on it; .*virsh domjobabort mv`),
       );
