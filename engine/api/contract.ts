@@ -115,7 +115,11 @@ export const api = {
   vmInfo: { input: z.object({ name: VmRefSchema }).strict(), output: VmInfoSchema },
   createVm: { input: CreateVmRequestSchema, output: VmInfoSchema },
   vmAction: {
-    input: z.object({ name: VmRefSchema, action: VmActionSchema }).strict(),
+    // `host` aims the action at that host's copy of the VM (resolving a move interrupted after the
+    // switch-over, where both hosts list it); without it, the host the VM is found on.
+    input: z
+      .object({ name: VmRefSchema, action: VmActionSchema, host: HostNameSchema.optional() })
+      .strict(),
     output: VmSummarySchema.nullable(),
   },
   checkMove: { input: MoveRequestSchema, output: PreflightReportSchema },

@@ -261,12 +261,14 @@ export class ApiService {
           ...(req.storagePath === undefined ? {} : { storagePath: real(req.storagePath) }),
         });
       },
-      vmAction: async ({ name, action }) => {
-        if (action === 'delete') {
+      vmAction: async ({ name, action, host }) => {
+        if (action === 'delete' && host === undefined) {
           await inv.deleteVm(name);
           return null;
         }
-        const h = await inv.locate(name);
+        const h = host === undefined ? await inv.locate(name) : await inv.host(host);
+        if (host !== undefined && !(await h.hasVm(name)))
+          throw new FerryError('unknown-vm', `there is no VM named "${name}" on ${host}`);
         switch (action) {
           case 'start':
             return h.startVm(name);
@@ -278,6 +280,9 @@ export class ApiService {
             return h.pauseVm(name);
           case 'resume':
             return h.resumeVm(name);
+          case 'delete':
+            await h.deleteVm(name);
+            return null;
         }
       },
       checkMove: async (req) => {

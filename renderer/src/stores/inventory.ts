@@ -104,10 +104,10 @@ export const useInventoryStore = defineStore('inventory', () => {
   }
 
   /** Runs a VM action; throws (for a toast) after refreshing, so the table shows the truth either way. */
-  async function vmAction(name: string, action: VmAction): Promise<void> {
+  async function vmAction(name: string, action: VmAction, host?: string): Promise<void> {
     busy.value = { ...busy.value, [name]: action };
     try {
-      await apiClient().call('vmAction', { name, action });
+      await apiClient().call('vmAction', host === undefined ? { name, action } : { name, action, host });
     } finally {
       const { [name]: _done, ...rest } = busy.value;
       busy.value = rest;
