@@ -4,6 +4,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { registerMigrationCommands } from './migrate.js';
 import { ExitWith, int, table } from './util.js';
 import { FerryError, isFerryError, REFUSAL_CODES, type DiskRequest, type VmSummary } from '../api/index.js';
+import type { HostDriver } from '../host/driver.js';
 import { Inventory } from '../host/inventory.js';
 import { closeLibvirtConnections } from '../host/libvirt/connection.js';
 import { recoverAbandonedMoves } from '../migration/libvirt-recovery.js';
@@ -257,19 +258,35 @@ export function buildProgram(io: Io, inv: Inventory): Command {
       },
     );
 
-  const lifecycle = (cmd: string, what: string, run: (name: string) => Promise<VmSummary>): void => {
+  /**
+   * The host a VM command acts on: the one named with --host (both hosts list a VM whose move was
+   * interrupted after the switch-over), else the one the VM is found on.
+   */
+  const hostOf = async (name: string, host: string | undefined): Promise<HostDriver> => {
+    if (host === undefined) return inv.locate(name);
+    const h = await inv.host(host);
+    if (!(await h.hasVm(name)))
+      throw new FerryError('unknown-vm', `there is no VM named "${name}" on ${host}`);
+    return h;
+  };
+  const lifecycle = (
+    cmd: string,
+    what: string,
+    run: (h: HostDriver, name: string) => Promise<VmSummary>,
+  ): void => {
     vm.command(`${cmd} <name>`)
       .description(what)
+      .option('--host <host>', 'the host whose copy of the VM to act on (default: where it is found)')
       .option('--json', 'JSON on stdout')
-      .action(async (name: string, o: { json?: boolean }) => {
-        const s = await run(name);
+      .action(async (name: string, o: { host?: string; json?: boolean }) => {
+        const s = await run(await hostOf(name, o.host), name);
         if (o.json) return json(s);
         say(`${s.name} on ${s.host}: ${s.state}`);
       });
   };
-  lifecycle('start', 'start a VM', async (n) => (await inv.locate(n)).startVm(n));
-  lifecycle('pause', 'pause a running VM', async (n) => (await inv.locate(n)).pauseVm(n));
-  lifecycle('resume', 'resume a paused VM', async (n) => (await inv.locate(n)).resumeVm(n));
+  lifecycle('start', 'start a VM', (h, n) => h.startVm(n));
+  lifecycle('pause', 'pause a running VM', (h, n) => h.pauseVm(n));
+  lifecycle('resume', 'resume a paused VM', (h, n) => h.resumeVm(n));
   vm.command('stop <name>')
     .description('shut down (ACPI power button, then turn off after the timeout)')
     .option('--force', 'turn off at once (the lab guest ignores ACPI)')
@@ -278,10 +295,11 @@ export function buildProgram(io: Io, inv: Inventory): Command {
         .argParser(int(0, 3600))
         .default(30),
     )
+    .option('--host <host>', 'the host whose copy of the VM to act on (default: where it is found)')
     .option('--json', 'JSON on stdout')
-    .action(async (name: string, o: { force?: boolean; timeout: number; json?: boolean }) => {
+    .action(async (name: string, o: { force?: boolean; timeout: number; host?: string; json?: boolean }) => {
       const s = await (
-        await inv.locate(name)
+        await hostOf(name, o.host)
       ).stopVm(name, { force: !!o.force, timeoutMs: o.timeout * 1000 });
       if (o.json) return json(s);
       say(`${s.name} on ${s.host}: ${s.state}`);

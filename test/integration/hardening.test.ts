@@ -237,6 +237,7 @@ describe('a mover killed after the switch-over', () => {
       },
     });
     expect(rec.reason).toContain(`the copy on lab2 is left paused`);
+    expect(rec.reason).toContain(`(ferry vm resume ${VM} --host lab2, or Resolve… in the console)`);
     expect(rec.reason).toContain(rec.recovery!.source);
     expect(rec.reason).toContain(rec.recovery!.destination);
     // vm list: the source copy paused, with the facts; the skeleton on lab1 is removed.
@@ -257,7 +258,9 @@ describe('a mover killed after the switch-over', () => {
       destination: `lab1 (destination): no QEMU runs ${VM}; no configuration of ${VM} is there`,
     });
     // The administrator resumes it on lab2; the next look notes it, and the VM can move again.
-    await ok(['vm', 'resume', VM]);
+    // Aimed at the source's copy, as the reason says (no copy on lab1: refused there).
+    expect((await cli(['vm', 'resume', VM, '--host', 'lab1'])).code).toBe(2);
+    await ok(['vm', 'resume', VM, '--host', 'lab2']);
     rec = (await migrations())[0]!;
     expect(rec).toMatchObject({ status: 'failed', recovery: { outcome: 'resolved' } });
     expect(rec.reason).toContain(`was resumed on lab2 and does not run on lab1`);

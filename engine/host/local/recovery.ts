@@ -187,8 +187,8 @@ export async function settleAfterSwitchover(
     reason =
       `abandoned after the switch-over${when}, needs the administrator: the Ferry process running the move${who} ended, ` +
       `and Ferry cannot tell that ${m.peer} runs ${name}, so the copy on ${ctx.name} is left paused. ` +
-      `${srcWords}; ${dstWords}. Check ${m.peer}, then resume ${name} on ${ctx.name} (ferry vm resume ${name}) ` +
-      `or, if ${m.peer} runs it, turn the copy on ${ctx.name} off`;
+      `${srcWords}; ${dstWords}. Check ${m.peer}, then resume ${name} on ${ctx.name} (ferry vm resume ${name} --host ${ctx.name}, or Resolve… in the console) ` +
+      `or, if ${m.peer} runs it, turn the copy on ${ctx.name} off (ferry vm stop ${name} --host ${ctx.name} --force)`;
   }
   await history
     .saveRecovery(m.id, { outcome, reason, source: srcWords, destination: dstWords })
