@@ -117,9 +117,7 @@ export const api = {
   vmAction: {
     // `host` aims the action at that host's copy of the VM (resolving a move interrupted after the
     // switch-over, where both hosts list it); without it, the host the VM is found on.
-    input: z
-      .object({ name: VmRefSchema, action: VmActionSchema, host: HostNameSchema.optional() })
-      .strict(),
+    input: z.object({ name: VmRefSchema, action: VmActionSchema, host: HostNameSchema.optional() }).strict(),
     output: VmSummarySchema.nullable(),
   },
   checkMove: { input: MoveRequestSchema, output: PreflightReportSchema },
