@@ -226,8 +226,9 @@ export class Inventory {
   /** The host that holds the VM. */
   async locate(vm: string): Promise<HostDriver> {
     const { hosts, down } = await this.reachable();
-    const found: HostDriver[] = [];
-    for (const h of hosts) if (await h.hasVm(vm)) found.push(h);
+    // Every host is asked at once: a round trip per host would add up before every command.
+    const has = await Promise.all(hosts.map((h) => h.hasVm(vm)));
+    const found = hosts.filter((_, i) => has[i]);
     if (found.length > 1) {
       // A VM in a migration started outside Ferry (virsh) also shows on its destination, paused for
       // the incoming stream: the copy that runs is where the VM lives.

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
 import type { z } from 'zod';
-import { FerryError } from '../api/index.js';
+import { FerryError } from '../api/errors.js';
 
 /** FERRY_HOME, or the OS's per-user application-data folder. */
 export function ferryHome(): string {

@@ -4,7 +4,7 @@
 // goes, events through an emitter. Keepalive follows libvirt's own client (answer PINGs, PING when idle,
 // give up after N silent intervals), because a daemon that sees no PONGs drops us and cancels migrations.
 import { EventEmitter } from 'node:events';
-import { FerryError } from '../api/index.js';
+import { FerryError } from '../api/errors.js';
 import {
   AuthType,
   type DomainRef,

@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import ssh2, { type AgentAuthMethod, type ConnectConfig, type PublicKeyAuthMethod } from 'ssh2';
-import { FerryError } from '../api/index.js';
+import { FerryError } from '../api/errors.js';
 
 // ssh2 is CommonJS: its `utils` is only reachable through the default export.
 const { Client: SshClient, utils: sshUtils } = ssh2;

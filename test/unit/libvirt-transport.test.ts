@@ -2,6 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -251,6 +252,49 @@ describe('remote helper command', () => {
         cert: '/etc/pki/libvirt/clientcert.pem',
         key: '/etc/pki/libvirt/private/clientkey.pem',
       });
+    }
+  });
+});
+
+describe("the CLI's entry: connections started before the command loads", () => {
+  it('opens each libvirt host of the inventory once, only for commands that reach every host', async () => {
+    const { warmConnections } = await import('../../engine/cli/entry.js');
+    const { closeLibvirtConnections, libvirtConnection } =
+      await import('../../engine/host/libvirt/connection.js');
+    const home = fs.mkdtempSync(path.join(tmp, 'home-'));
+    const sock = path.join(home, 'libvirt.sock');
+    let accepted = 0;
+    const server = net.createServer((s) => {
+      accepted++;
+      s.destroy(); // not a libvirtd: the login fails, and the command meets that same failure
+    });
+    await new Promise<void>((r) => server.listen(sock, r));
+    try {
+      const uri = `qemu+unix:///system?socket=${sock}`;
+      fs.writeFileSync(
+        path.join(home, 'inventory.json'),
+        JSON.stringify({
+          formatVersion: 1,
+          hosts: [
+            { name: 'kvm1', kind: 'libvirt', uri, sshKey: null },
+            { name: 'here', kind: 'local', uri: null },
+            { name: 42, kind: 'libvirt', uri }, // malformed: left to the command to report
+          ],
+        }),
+      );
+      expect(warmConnections(['lab', 'up'], home)).toBe(0);
+      expect(warmConnections(['host', 'add', 'x'], home)).toBe(0);
+      expect(warmConnections(['vm', 'list'], home)).toBe(1);
+      // The command's own lookup finds the attempt under way (or its error): no second login.
+      const err = await libvirtConnection({ name: 'kvm1', uri, sshKey: null })
+        .get()
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(FerryError);
+      expect(accepted).toBe(1);
+      expect(warmConnections(['host', 'list'], path.join(home, 'missing'))).toBe(0);
+    } finally {
+      await closeLibvirtConnections();
+      server.close();
     }
   });
 });

@@ -2,7 +2,8 @@
 // command runs (the CLI), as virt-manager keeps one per server. A dropped connection is remembered with
 // its reason, so the host reads "disconnected: …" at once; the next use retries, at most every few
 // seconds, so a server that is down costs a list refresh one quick failure, not a hang.
-import { FerryError, isFerryError, type HostRecord } from '../../api/index.js';
+import { FerryError, isFerryError } from '../../api/errors.js';
+import type { HostRecord } from '../../api/model.js';
 import { LibvirtClient } from '../../libvirt/client.js';
 
 /** Keepalive: a PING every 2 s, the link given up after 3 silent intervals (a pulled cable: ~6 s). */
@@ -117,7 +118,7 @@ const pool = new Map<string, LibvirtConnection>();
 const poolListeners = new Set<Listener>();
 
 /** The process-wide connection for a libvirt host record (same name and URI → same connection). */
-export function libvirtConnection(rec: HostRecord): LibvirtConnection {
+export function libvirtConnection(rec: Pick<HostRecord, 'name' | 'uri' | 'sshKey'>): LibvirtConnection {
   if (!rec.uri) throw new FerryError('internal', `host ${rec.name} has no libvirt URI`);
   const key = `${rec.name}\n${rec.uri}\n${rec.sshKey ?? ''}`;
   let c = pool.get(key);
