@@ -268,11 +268,13 @@ export class LibvirtClient {
         (w) => w.int(n),
         (r) => r.int() !== 0,
       );
-    this.features = {
-      migrationV3: await feature(Feature.MIGRATION_V3),
-      migrationParams: await feature(Feature.MIGRATION_PARAMS),
-      changeProtection: await feature(Feature.MIGRATE_CHANGE_PROTECTION),
-    };
+    // Sent together: the daemon answers each by its serial, and every command waits for this.
+    const [migrationV3, migrationParams, changeProtection] = await Promise.all([
+      feature(Feature.MIGRATION_V3),
+      feature(Feature.MIGRATION_PARAMS),
+      feature(Feature.MIGRATE_CHANGE_PROTECTION),
+    ]);
+    this.features = { migrationV3, migrationParams, changeProtection };
     if (keepalive) this.startKeepalive();
   }
 

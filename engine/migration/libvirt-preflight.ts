@@ -86,6 +86,13 @@ export async function libvirtMovePreflight(
     return Promise.all(dirs.map(async (dir) => [dir, await proveSharedFolder(src, dst, dir)] as const));
   });
   void proofs.catch(() => undefined);
+  // The live definition and any running job, fetched beside the rest (a pass-through disk, a busy VM).
+  const live = src
+    .lookupDomainByName(request.vm)
+    .then((dom) =>
+      Promise.all([src.domainGetXmlDesc(dom, 0), src.domainGetJobStats(dom, 0).catch(() => null)]),
+    );
+  void live.catch(() => undefined);
   const [vm, info, sFacts, dFacts, sSettings, dSettings, destHasVm] = await Promise.all([
     vmP,
     source.vmInfo(request.vm),
@@ -143,11 +150,7 @@ export async function libvirtMovePreflight(
 
   // A host block device given to the guest (<disk type='block'>) is a pass-through disk; a file that
   // merely lies under /dev (a tmpfs such as /dev/shm) is not.
-  const dom = await src.lookupDomainByName(vm.name);
-  const [liveXml, job] = await Promise.all([
-    src.domainGetXmlDesc(dom, 0),
-    src.domainGetJobStats(dom, 0).catch(() => null),
-  ]);
+  const [liveXml, job] = await live;
   const liveDisks = parseDomainDisks(liveXml);
   // A job already running on the domain (a migration started elsewhere, a dump, a backup): libvirt
   // would refuse Begin only after its 30 s state-change-lock timeout, with a message about locks.

@@ -498,6 +498,21 @@ export async function proveSharedFolder(
   dir: string,
 ): Promise<{ shared: boolean; why: string }> {
   const folder = checkAbsolute(dir, 'a folder');
+  // a's pool for the folder is held for the whole proof, so making the marker and removing it reuse it
+  // instead of each making and dropping a transient pool (a few daemon round trips every time).
+  try {
+    return await withDirPool(a, folder, () => markAndLook(a, b, folder));
+  } catch (err) {
+    if (isNoFolderError(err)) return { shared: false, why: `${a.host} has no folder ${folder}` };
+    throw err;
+  }
+}
+
+async function markAndLook(
+  a: LibvirtClient,
+  b: LibvirtClient,
+  folder: string,
+): Promise<{ shared: boolean; why: string }> {
   const name = `.ferry-shared-${crypto.randomBytes(8).toString('hex')}`;
   const marker = path.posix.join(folder, name);
   try {
