@@ -81,23 +81,14 @@ async function testExitAfter(ctx: MoveContext, step: 'switchover' | 'finish'): P
   process.kill(process.pid, 'SIGKILL');
 }
 
-/**
- * Test hook, for the fault tests only: FERRY_TEST_POSTCOPY_DROP=1 makes a post-copy move between Ferry's
- * own hosts lose its link once the destination runs (the source's stream is shut down with
- * migrate-pause, as when a cut link is noticed), with post-copy slowed to 8 MiB/s until then so that
- * it is still under way. Never set outside tests.
- */
-function testPostcopyDrop(): boolean {
-  return process.env.FERRY_TEST_POSTCOPY_DROP === '1';
-}
-
 /** How long a post-copy move waits for its link to come back before it is reported failed. */
 const POSTCOPY_RECOVER_MS = 120_000;
 
 /**
  * A post-copy move whose link was lost (QEMU paused it, or its stream stopped moving): both ends are
  * paused, the destination listens again (migrate-recover), and the source resumes to it (migrate with
- * resume) — retried each second until the link is back. Returns the number of attempts.
+ * resume) once the link answers again. A cut link does not error on its own (TCP retries for minutes):
+ * the caller's stall timer notices it. Returns the number of connection attempts.
  */
 async function recoverPostcopy(
   ctx: MoveContext,
@@ -112,6 +103,8 @@ async function recoverPostcopy(
     message: `post-copy lost its link (${status === 'postcopy-paused' ? 'QEMU paused it' : 'its stream stopped'}); pausing it to resume where the link comes back`,
   });
   const deadline = Date.now() + POSTCOPY_RECOVER_MS;
+  const fail = (why: string): FerryError =>
+    new FerryError('migration-failed', `post-copy could not resume after losing its link: ${why}`);
   const statusNow = async (): Promise<string> => (await source.outgoingStats(name)).status;
   if (status === 'postcopy-active') await source.pauseOutgoing(name).catch(() => undefined);
   while ((await statusNow()) !== 'postcopy-paused') {
@@ -119,28 +112,37 @@ async function recoverPostcopy(
     await sleep(POLL_MS);
   }
   const uri = await dest.recoverIncoming(name);
-  if (testPostcopyDrop()) await source.setOutgoingParameters(name, { 'max-postcopy-bandwidth': 0 });
+  const port = Number(uri.slice(uri.lastIndexOf(':') + 1));
+  const { migrationAddress, portBase } = dest.record;
   for (let attempt = 1; ; attempt++) {
-    await source.resumeOutgoing(name, uri).catch(() => undefined); // the link may still be down
-    let st = await statusNow();
-    const settle = Date.now() + 10_000;
-    while (st === 'postcopy-recover' && Date.now() < settle) {
-      await sleep(POLL_MS);
-      st = await statusNow();
+    // Connect only over a link that answers (the pre-flight's probe: a refused port is an answer), so
+    // the attempt does not wait out TCP's back-off once the link is back.
+    while (!(await source.canReach(migrationAddress, portBase))) {
+      if (Date.now() > deadline) throw fail(`the link did not come back in ${POSTCOPY_RECOVER_MS / 1000} s`);
+      await sleep(1000);
     }
-    if (st === 'postcopy-active' || st === 'completed') {
-      ctx.emit({
-        type: 'log',
-        level: 'info',
-        message: `post-copy resumed on a new connection to ${dest.name} (attempt ${attempt})`,
-      });
-      return attempt;
+    await source.resumeOutgoing(name, uri).catch(() => undefined);
+    // One connection attempt at a time: a second connect while one is pending aborts the source's
+    // QEMU (see LocalHost.connecting). Retry only once this one has ended without taking the VM on.
+    let endedAt: number | null = null;
+    for (;;) {
+      const st = await statusNow();
+      if (st === 'postcopy-active' || st === 'completed') {
+        ctx.emit({
+          type: 'log',
+          level: 'info',
+          message: `post-copy resumed on a new connection to ${dest.name} (attempt ${attempt})`,
+        });
+        return attempt;
+      }
+      if (st !== 'postcopy-paused' && st !== 'postcopy-recover') throw fail(`QEMU reports ${st}`);
+      if (Date.now() > deadline) throw fail(`QEMU still reports ${st} after ${POSTCOPY_RECOVER_MS / 1000} s`);
+      if (st === 'postcopy-recover' || (await source.connecting(migrationAddress, port))) endedAt = null;
+      else if (endedAt === null) endedAt = Date.now();
+      // Paused, no connect pending, for long enough to be sure QEMU is not between the two.
+      else if (Date.now() - endedAt > 2000) break;
+      await sleep(POLL_MS * 2);
     }
-    if (st !== 'postcopy-paused' || Date.now() > deadline)
-      throw new FerryError(
-        'migration-failed',
-        `post-copy could not resume after losing its link (QEMU reports ${st})`,
-      );
     await sleep(1000);
   }
 }
@@ -316,9 +318,6 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
           ctx.emit({ type: 'escalation', step: 'raise-downtime', message: action.message });
         } else if (action.kind === 'postcopy') {
           ctx.emit({ type: 'escalation', step: 'postcopy', message: action.message });
-          // Test hook (see testPostcopyDrop): a slow post-copy, so that it still runs when the link goes.
-          if (testPostcopyDrop())
-            await source.setOutgoingParameters(name, { 'max-postcopy-bandwidth': 8 * 1024 * 1024 });
           await source.startPostcopy(name);
         } else if (action.kind === 'throttle') {
           ctx.emit({ type: 'escalation', step: 'throttle', message: action.message });
@@ -406,13 +405,17 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     destRunning = true;
     await testExitAfter(ctx, 'finish');
     if (postcopy) {
+      ctx.emit({
+        type: 'log',
+        level: 'info',
+        message: `${name} runs on ${dest.name}; the rest of its memory follows from ${source.name} (post-copy)`,
+      });
       // The rest of memory follows on demand; the move is over when the source has sent it all. A lost
       // link pauses post-copy and resumes it on a new connection once the link is back (Ferry's own
       // hosts: migrate-pause / migrate-recover / migrate resume); never a cancel, the VM runs there.
       const own = source instanceof LocalHost && dest instanceof LocalHost ? { source, dest } : null;
       let bytes = -1;
       let grewAt = ctx.now();
-      let dropped = false;
       for (;;) {
         const st = await source.outgoingStats(name);
         last = st;
@@ -420,12 +423,6 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
         if (st.transferred > bytes) {
           bytes = st.transferred;
           grewAt = ctx.now();
-        }
-        if (own && testPostcopyDrop() && !dropped && st.status === 'postcopy-active') {
-          // Test hook: the link is lost here (the stream shut down, as a cut link is once noticed).
-          dropped = true;
-          await own.source.pauseOutgoing(name);
-          continue;
         }
         const lost =
           st.status === 'postcopy-paused' ||

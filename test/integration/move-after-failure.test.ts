@@ -5,10 +5,12 @@
 // 7.2 (qemu/migration.ts, isBroken; Ferry's relay keeps that reset away): forced here by killing the
 // relay too, the pre-flight then refuses the next move with the reason and the way out, and the VM
 // keeps running. One lab, one small VM, reused by every case: the first move is slowed so the fault
-// lands in phase 2, the second runs at full speed.
+// lands in phase 2, the second runs at full speed. And after the switch-over (issue 11): a post-copy move
+// whose link is cut for real pauses, and resumes on a new connection once the link is back.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationEvent, MoveRequest, PerformanceOption, Summary } from '../../engine/api/index.js';
 import { Inventory } from '../../engine/host/inventory.js';
@@ -48,6 +50,14 @@ afterAll(async () => {
 
 function setLink(dev: string, state: 'up' | 'down'): Promise<unknown> {
   return execFileAsync('ip', ['link', 'set', dev, state]);
+}
+
+/** The egress rate of a lab host's end of the link (its tc token bucket, as lab-link.ts sets it up). */
+function shapeLink(h: { netns: string; vethIn: string }, mbit: number): Promise<unknown> {
+  return execFileAsync('ip', [
+    ...['netns', 'exec', h.netns, 'tc', 'qdisc', 'change', 'dev', h.vethIn, 'root'],
+    ...['tbf', 'rate', `${mbit}mbit`, 'burst', '256kb', 'latency', '50ms'],
+  ]);
 }
 
 const phaseOrder = (events: { type: string; phase?: number; state?: string }[]): string[] =>
@@ -282,4 +292,90 @@ describe('a source QEMU that cannot recover', () => {
       return;
     }
   });
+});
+
+describe('post-copy that loses its link', () => {
+  // A real cut needs the lab's network namespaces (root; CI runs as root).
+  it.skipIf(!ROOT)(
+    'tcp: the link cut after the switch-over and back: post-copy pauses, resumes on a new connection, guest intact',
+    async () => {
+      const { from, to, pid } = await where();
+      const link = planLink(home, 2).hosts;
+      const src = link[from === 'lab1' ? 0 : 1]!;
+      const dst = link[to === 'lab1' ? 0 : 1]!;
+      const source = await inv.host(from);
+      const { downtimeCeilingMs } = await source.settings();
+      // Pre-copy cannot converge to 50 ms over 16 MiB/s with the guest rewriting 16 MiB (post-copy after
+      // a few passes); once post-copy starts the link drops to 2 MiB/s, so it still runs when it is cut.
+      await source.updateSettings({ downtimeCeilingMs: 50 });
+      await shapeLink(src, 128);
+      const before = (await guestReport(inv, VM)).heartbeats.at(-1)?.pass ?? 0;
+      const events: MigrationEvent[] = [];
+      const steps: Promise<unknown>[] = [];
+      let id = '';
+      let summary: Summary;
+      const off = manager.subscribe((e) => {
+        if (id && e.id !== id) return;
+        events.push(e);
+        if (e.type === 'escalation' && e.step === 'postcopy') steps.push(shapeLink(src, 16));
+        // The destination runs the VM, pages still flow: cut the link for real.
+        if (e.type === 'log' && e.message.startsWith(`${VM} runs on ${to}`))
+          steps.push(setLink(dst.vethOut, 'down'));
+        // Still down when Ferry has noticed and paused post-copy: back a few seconds later, full speed.
+        if (e.type === 'log' && e.message.startsWith('post-copy lost its link'))
+          steps.push(
+            sleep(5000)
+              .then(() => setLink(dst.vethOut, 'up'))
+              .then(() => shapeLink(src, 2000)),
+          );
+      });
+      try {
+        const started = await manager.start({
+          vm: VM,
+          to,
+          performance: 'tcp',
+          convergence: 'postcopy',
+          downtimeMs: 50,
+        });
+        id = started.id;
+        summary = await started.done;
+      } finally {
+        off();
+        await Promise.allSettled(steps);
+        await setLink(dst.vethOut, 'up');
+        await shapeLink(src, 2000);
+        await source.updateSettings({ downtimeCeilingMs });
+      }
+      const mine = events.filter((e) => e.id === id);
+      expect(summary.status, summary.reason ?? '').toBe('completed');
+      expect(phaseOrder(mine)).toEqual(ALL_PHASES);
+      // In order: post-copy, the cut noticed (post-copy paused), resumed once the link is back.
+      const story = mine
+        .filter(
+          (e) =>
+            (e.type === 'escalation' && e.step === 'postcopy') ||
+            (e.type === 'log' && e.message.startsWith('post-copy ')),
+        )
+        .map((e) => (e.type === 'escalation' ? 'postcopy' : e.type === 'log' ? e.message : ''));
+      expect(story).toEqual([
+        'postcopy',
+        expect.stringMatching(/^post-copy lost its link \(its stream stopped\); pausing it/),
+        expect.stringMatching(
+          new RegExp(`^post-copy resumed on a new connection to ${to} \\(attempt \\d+\\)$`),
+        ),
+      ]);
+      expect(summary.warnings).toEqual([
+        expect.stringMatching(/^post-copy lost its link and resumed on a new connection/),
+      ]);
+      // The source's QEMU is gone; the VM runs on the destination only.
+      expect(isQemuAlive(pid, '')).toBe(false);
+      expect((await inv.locate(VM)).name).toBe(to);
+      expect(await source.hasVm(VM)).toBe(false);
+      expect((await (await inv.host(to)).vmInfo(VM)).state).toBe('running');
+      const after = await waitForPasses(inv, VM, before + 3);
+      expect(after.mismatches).toEqual([]);
+      expect(after.heartbeats.every((h) => h.errors === 0)).toBe(true);
+      outcomes.push('tcp / post-copy, link cut after the switch-over: resumed on a new connection');
+    },
+  );
 });

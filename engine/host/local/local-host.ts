@@ -156,6 +156,27 @@ export class LocalHost implements HostDriver {
       return false;
     }
   }
+  /**
+   * Ferry's own hosts only: is a TCP connection from this host to address:port still being set up
+   * (SYN sent, no answer yet)? A post-copy resume must never connect again while its last connect is
+   * pending: QEMU 7.2 aborts on the second connection (migrate_fd_connect: Assertion `!s->cleanup_bh'),
+   * and the guest is lost. When `ss` cannot tell, the answer is yes (never risk a second connect).
+   */
+  async connecting(address: string, port: number): Promise<boolean> {
+    const ns = this.record.netns;
+    const dst = address.includes(':') ? `[${address}]` : address;
+    const ss = ['ss', '-Htn', 'state', 'syn-sent', 'dst', dst, 'dport', '=', `:${port}`];
+    try {
+      const { stdout } = await execFileAsync(
+        ns ? 'ip' : 'ss',
+        ns ? ['netns', 'exec', ns, ...ss] : ss.slice(1),
+        { timeout: 5000 },
+      );
+      return stdout.trim().length > 0;
+    } catch {
+      return true;
+    }
+  }
   /** Ferry's own hosts only (the pre-flight): can QEMU start a new outgoing migration of the VM? */
   outgoingReadiness(name: string): Promise<{ ready: boolean; broken: boolean; state: OutgoingState } | null> {
     return this.source.outgoingReadiness(name);

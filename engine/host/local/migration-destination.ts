@@ -181,7 +181,9 @@ export class MigrationDestination {
     const s = this.ctx.session(name);
     const status = async (): Promise<string> =>
       (await s.qmp.execute<{ status?: string }>('query-migrate')).status ?? 'none';
-    const deadline = Date.now() + 3000;
+    // A source that paused on a working link has closed the stream: the destination notices at once.
+    // Over a cut link it never does (nothing arrives), so it is not waited for long.
+    const deadline = Date.now() + 1000;
     let st = await status();
     while (st !== 'postcopy-paused' && Date.now() < deadline) {
       await sleep(50);
@@ -189,7 +191,7 @@ export class MigrationDestination {
     }
     if (st === 'postcopy-active') {
       await s.qmp.execute('migrate-pause');
-      while (st !== 'postcopy-paused' && Date.now() < deadline + 3000) {
+      while (st !== 'postcopy-paused' && Date.now() < deadline + 5000) {
         await sleep(50);
         st = await status();
       }
