@@ -69,7 +69,14 @@ export async function sshFingerprint(file: string): Promise<string> {
 export function labGuestDomainXml(
   name: string,
   serial: string,
-  o: { memoryMiB?: number; ws?: number; rate?: number; disk?: { file: string; format: string } } = {},
+  o: {
+    memoryMiB?: number;
+    ws?: number;
+    rate?: number;
+    disk?: { file: string; format: string };
+    /** A pty serial logged to `serial` and a VNC screen on loopback (what `ferry vm create` makes). */
+    console?: boolean;
+  } = {},
 ): string {
   const disk = o.disk
     ? `<disk type='file' device='disk'><driver name='qemu' type='${o.disk.format}'/><source file='${o.disk.file}'/><target dev='vda' bus='virtio'/></disk>`
@@ -85,7 +92,13 @@ export function labGuestDomainXml(
   </os>
   <devices>
     ${disk}
-    <serial type='file'><source path='${serial}'/><target port='0'/></serial>
+    ${
+      o.console
+        ? `<serial type='pty'><log file='${serial}' append='on'/><target port='0'/></serial>
+    <graphics type='vnc' autoport='yes'><listen type='address' address='127.0.0.1'/></graphics>
+    <video><model type='vga'/></video>`
+        : `<serial type='file'><source path='${serial}'/><target port='0'/></serial>`
+    }
     <memballoon model='none'/>
   </devices>
 </domain>

@@ -4,6 +4,7 @@
 // goes, events through an emitter. Keepalive follows libvirt's own client (answer PINGs, PING when idle,
 // give up after N silent intervals), because a daemon that sees no PONGs drops us and cancels migrations.
 import { EventEmitter } from 'node:events';
+import { Duplex } from 'node:stream';
 import { FerryError } from '../api/errors.js';
 import {
   AuthType,
@@ -160,6 +161,8 @@ export class LibvirtClient {
 
   private readonly emitter = new EventEmitter();
   private readonly pending = new Map<number, Pending>();
+  /** Open streams (consoles), by the serial of the call that opened them. */
+  private readonly streams = new Map<number, Duplex>();
   private readonly decoder = new PacketDecoder();
   private nextSerial = 1;
   private isClosed = false;
@@ -342,8 +345,23 @@ export class LibvirtClient {
     }
     if (p.type === MessageType.MESSAGE) {
       this.dispatchEvent(decodeEvent(p.proc, p.payload));
+      return;
     }
-    // STREAM packets: Ferry opens no streams.
+    if (p.type === MessageType.STREAM) this.onStreamPacket(p);
+  }
+
+  /** Data for a stream; an empty CONTINUE or an OK is its end, an ERROR its failure. */
+  private onStreamPacket(p: Packet): void {
+    const s = this.streams.get(p.serial);
+    if (!s) return;
+    if (p.status === MessageStatus.CONTINUE && p.payload.length > 0) {
+      s.push(p.payload);
+    } else if (p.status === MessageStatus.ERROR) {
+      this.streams.delete(p.serial);
+      s.destroy(new LibvirtError(decodeRemoteError(p.payload), p.proc));
+    } else {
+      s.push(null);
+    }
   }
 
   private dispatchEvent(e: LibvirtEvent): void {
@@ -367,11 +385,16 @@ export class LibvirtClient {
     this.eventBuffer = keep;
   }
 
-  private send(prog: number, proc: number, type: number, serial: number, payload?: Buffer): void {
+  private send(
+    prog: number,
+    proc: number,
+    type: number,
+    serial: number,
+    payload?: Buffer,
+    status: number = MessageStatus.OK,
+  ): void {
     const vers = prog === KEEPALIVE_PROGRAM ? KEEPALIVE_PROTOCOL_VERSION : REMOTE_PROTOCOL_VERSION;
-    this.transport.stream.write(
-      encodePacket({ prog, vers, proc, type, serial, status: MessageStatus.OK }, payload),
-    );
+    this.transport.stream.write(encodePacket({ prog, vers, proc, type, serial, status }, payload));
   }
 
   private startKeepalive(): void {
@@ -432,6 +455,9 @@ export class LibvirtClient {
       if (p.timer) clearTimeout(p.timer);
       p.reject(failure);
     }
+    const streams = [...this.streams.values()];
+    this.streams.clear();
+    for (const s of streams) s.destroy(failure);
     this.transport.close();
     if (emit) this.emitter.emit('close', err);
   }
@@ -449,6 +475,7 @@ export class LibvirtClient {
     decodeRet: Decode<T> | null,
     timeoutMs: number,
     onTimeout: (() => FerryError) | null,
+    serial: number = this.takeSerial(),
   ): Promise<T> {
     if (this.isClosed) {
       return Promise.reject(new FerryError('host-disconnected', `the connection to ${this.host} is closed`));
@@ -467,8 +494,6 @@ export class LibvirtClient {
       }
       payload = w.toBuffer();
     }
-    const serial = this.nextSerial;
-    this.nextSerial = (this.nextSerial + 1) >>> 0 || 1;
     return new Promise<T>((resolve, reject) => {
       const timer =
         timeoutMs > 0 && onTimeout
@@ -508,6 +533,68 @@ export class LibvirtClient {
         reject(err instanceof XdrError ? new FerryError('bad-input', err.message) : (err as Error));
       }
     });
+  }
+
+  private takeSerial(): number {
+    const serial = this.nextSerial;
+    this.nextSerial = (this.nextSerial + 1) >>> 0 || 1;
+    return serial;
+  }
+
+  /**
+   * A call that opens a stream (a domain's console): once its reply comes, bytes flow both ways as STREAM
+   * packets carrying the call's serial. Ending the returned stream finishes it (an empty OK), destroying
+   * it aborts it (an empty ERROR); the daemon's end comes as the stream's end.
+   */
+  async openStream(proc: number, encodeArgs: Encode): Promise<Duplex> {
+    const serial = this.takeSerial();
+    // Still in the map while the daemon has not ended or failed it: only then is a finish or an abort sent.
+    const finish = (status: number): void => {
+      if (this.streams.delete(serial) && !this.isClosed)
+        this.send(REMOTE_PROGRAM, proc, MessageType.STREAM, serial, undefined, status);
+    };
+    const stream = new Duplex({
+      read: () => undefined, // the daemon pushes; a console's trickle needs no flow control
+      write: (chunk: Buffer, _enc, done) => {
+        if (!this.streams.has(serial) || this.isClosed)
+          return done(new FerryError('host-disconnected', 'the console is closed'));
+        // Well under libvirt's 256 KiB stream packet limit.
+        for (let i = 0; i < chunk.length; i += 65536) {
+          this.send(
+            REMOTE_PROGRAM,
+            proc,
+            MessageType.STREAM,
+            serial,
+            chunk.subarray(i, i + 65536),
+            MessageStatus.CONTINUE,
+          );
+        }
+        done();
+      },
+      final: (done) => {
+        finish(MessageStatus.OK);
+        done();
+      },
+      destroy: (err, done) => {
+        finish(MessageStatus.ERROR);
+        done(err);
+      },
+    });
+    // Registered before the call goes out: data can follow the reply in the same read.
+    this.streams.set(serial, stream);
+    try {
+      await this.callWithTimeout(proc, encodeArgs, null, 0, null, serial);
+    } catch (err) {
+      this.streams.delete(serial);
+      stream.destroy();
+      throw err;
+    }
+    return stream;
+  }
+
+  /** SSH connections only: a forwarded channel from the server (see Transport.forward); null otherwise. */
+  forward(to: { host: string; port: number } | { socket: string }): Promise<Duplex> | null {
+    return this.transport.forward ? this.transport.forward(to) : null;
   }
 
   /** CONNECT_CLOSE, then the stream is torn down; pending calls fail with 'host-disconnected'. */
@@ -620,6 +707,15 @@ export class LibvirtClient {
       },
       (r) => ({ state: r.int(), reason: r.int() }),
     );
+  }
+
+  /** The domain's console (its first serial port when `devName` is null) as a stream. */
+  domainOpenConsole(dom: DomainRef, devName: string | null, flags = 0): Promise<Duplex> {
+    return this.openStream(Proc.DOMAIN_OPEN_CONSOLE, (w) => {
+      writeDomain(w, dom);
+      optStr(w, devName);
+      w.uint(flags);
+    });
   }
 
   domainGetXmlDesc(dom: DomainRef, flags = 0): Promise<string> {

@@ -196,6 +196,8 @@ export const Proc = {
   DOMAIN_EVENT_CALLBACK_JOB_COMPLETED: 363,
   DOMAIN_MIGRATE_START_POST_COPY: 364,
   DOMAIN_MIGRATE_GET_MAX_DOWNTIME: 387,
+  /** `{dom; opt dev_name; flags}`: opens a stream on the domain's console (a pty serial port). */
+  DOMAIN_OPEN_CONSOLE: 201,
   STORAGE_POOL_LOOKUP_BY_TARGET_PATH: 391,
 } as const;
 

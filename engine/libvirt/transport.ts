@@ -328,6 +328,11 @@ export interface Transport {
   stderr(): string;
   /** Tears the stream (and SSH session) down. */
   close(): void;
+  /**
+   * SSH only: a channel from the server on to an address or unix socket there (a VM's VNC listener),
+   * the way `ssh -L` reaches it; the server's sshd must allow forwarding.
+   */
+  forward?(to: { host: string; port: number } | { socket: string }): Promise<Duplex>;
 }
 
 export async function openTransport(u: LibvirtUri, opts: TransportOptions): Promise<Transport> {
@@ -820,6 +825,21 @@ async function openSsh(u: LibvirtUri, opts: TransportOptions): Promise<Transport
             channel.destroy();
             conn.end();
           },
+          forward: (to) =>
+            new Promise<Duplex>((ok, no) => {
+              const done = (err: Error | undefined, ch: Duplex): void =>
+                err
+                  ? no(
+                      new FerryError(
+                        'not-supported',
+                        `${host} did not open a forwarded channel to ${'socket' in to ? to.socket : `${to.host}:${to.port}`}: ${err.message}`,
+                        "The server's sshd must allow forwarding (AllowTcpForwarding, AllowStreamLocalForwarding).",
+                      ),
+                    )
+                  : ok(ch);
+              if ('socket' in to) conn.openssh_forwardOutStreamLocal(to.socket, done);
+              else conn.forwardOut('127.0.0.1', 0, to.host, to.port, done);
+            }),
         });
       });
     });

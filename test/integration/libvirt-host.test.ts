@@ -17,6 +17,7 @@ import {
   stopLibvirtLab,
   type LibvirtLabMachine,
 } from '../../engine/host/libvirt/lab.js';
+import type { LibvirtHost } from '../../engine/host/libvirt/libvirt-host.js';
 import { ApiService } from '../../engine/service/api-service.js';
 import { ferry, tempHome, waitFor, type CliResult } from '../helpers.js';
 import { FERRY_BIN, isRoot, labGuestDomainXml, sh, sshFingerprint, virsh } from '../libvirt-support.js';
@@ -117,7 +118,7 @@ describe.skipIf(!isRoot)('libvirt hosts through the CLI (root, libvirt lab)', ()
 
   it('drives a domain defined with virsh: list, start, pause, resume, stop, each seen by virsh', async () => {
     const xmlFile = path.join(lab1.sharedDir, `${dom}.xml`);
-    fs.writeFileSync(xmlFile, labGuestDomainXml(dom, serial));
+    fs.writeFileSync(xmlFile, labGuestDomainXml(dom, serial, { console: true }));
     await virsh(uris.lab1!, 'define', xmlFile);
 
     const listed = (await vmList()).filter((v) => v.name === dom);
@@ -164,11 +165,30 @@ describe.skipIf(!isRoot)('libvirt hosts through the CLI (root, libvirt lab)', ()
           labGuest: { workingSetMiB: 8, dirtyRateMiBs: 5 },
           serialLogPath: serial,
         });
+        // Its consoles, through the host's own connection: the serial port as a libvirt stream, the
+        // screen through an SSH channel to the VNC listener on lab1's loopback.
+        const host = (await new Inventory(home).host('lab1')) as LibvirtHost;
+        const console = await host.openConsole(dom, 'serial');
+        let text = '';
+        console.on('data', (d: Buffer) => (text += d.toString('latin1')));
+        await waitFor('a heartbeat on the serial console', async () => /FERRY-GUEST hb pass=\d+/.test(text));
+        console.end();
+        const screen = await host.openConsole(dom, 'vnc');
+        const greeting = await new Promise<string>((resolve) =>
+          screen.once('data', (d: Buffer) => resolve(d.toString('latin1'))),
+        );
+        expect(greeting).toBe('RFB 003.008\n');
+        screen.destroy();
       }
     }
     expect((await vmList()).filter((v) => v.name === dom)).toMatchObject([
       { host: 'lab1', state: 'stopped' },
     ]);
+    const host = (await new Inventory(home).host('lab1')) as LibvirtHost;
+    await expect(host.openConsole(dom, 'serial')).rejects.toMatchObject({
+      code: 'vm-not-running',
+      message: `${dom} is stopped on lab1`,
+    });
   });
 
   describe('ferry host add', () => {

@@ -5,7 +5,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseCapabilities, parseDomainCpuModels } from '../../engine/host/libvirt/domain-xml.js';
+import {
+  buildDomainXml,
+  parseCapabilities,
+  parseDomainCpuModels,
+  parseDomainXml,
+} from '../../engine/host/libvirt/domain-xml.js';
 
 const fixture = (name: string): string =>
   fs.readFileSync(path.join(import.meta.dirname, 'fixtures', name), 'utf8');
@@ -49,5 +54,57 @@ describe('libvirt capabilities', () => {
     expect(models.slice(0, 3)).toEqual(['qemu64', 'qemu32', 'pentium3']);
     expect(models).not.toContain('phenom'); // usable='no'
     expect(parseDomainCpuModels('<domainCapabilities><devices/></domainCapabilities>')).toEqual([]);
+  });
+});
+
+describe('consoles in domain XML', () => {
+  const base = {
+    name: 'web01',
+    uuid: '0b6e1b8e-5f7c-4c43-9a0e-3f0c1c6a2b11',
+    type: 'qemu' as const,
+    memoryMiB: 256,
+    cpus: 1,
+    machineType: 'pc-i440fx-7.2',
+    disks: [],
+    nics: [],
+    labGuest: null,
+  };
+
+  it('gives a new domain a pty serial logged to its file and a VNC screen on loopback', () => {
+    const d = parseDomainXml(buildDomainXml({ ...base, serialFile: '/srv/vm/web01.serial.log' }));
+    expect(d).toMatchObject({
+      serialType: 'pty',
+      serialFile: '/srv/vm/web01.serial.log',
+      vnc: { listen: '127.0.0.1', port: null, socket: null },
+    });
+    expect(parseDomainXml(buildDomainXml({ ...base, serialFile: null }))).toMatchObject({
+      serialType: 'pty',
+      serialFile: null,
+    });
+  });
+
+  it('reads what a running domain has: a file serial, a VNC port or socket, or no screen', () => {
+    const dom = (devices: string): string =>
+      `<domain type='kvm'><name>a</name><memory unit='KiB'>262144</memory><os><type machine='pc'>hvm</type></os><devices>${devices}</devices></domain>`;
+    expect(
+      parseDomainXml(
+        dom(
+          "<serial type='file'><source path='/var/log/a.log'/></serial><graphics type='vnc' port='5901' autoport='yes' listen='0.0.0.0'><listen type='address' address='0.0.0.0'/></graphics>",
+        ),
+      ),
+    ).toMatchObject({
+      serialType: 'file',
+      serialFile: '/var/log/a.log',
+      vnc: { listen: '0.0.0.0', port: 5901 },
+    });
+    expect(parseDomainXml(dom("<graphics type='vnc' socket='/run/libvirt/qemu/a.vnc'/>"))).toMatchObject({
+      serialType: null,
+      vnc: { socket: '/run/libvirt/qemu/a.vnc', port: null },
+    });
+    expect(
+      parseDomainXml(
+        dom("<serial type='pty'><source path='/dev/pts/3'/></serial><graphics type='spice' port='5900'/>"),
+      ),
+    ).toMatchObject({ serialType: 'pty', serialFile: null, vnc: null });
   });
 });

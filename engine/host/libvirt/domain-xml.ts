@@ -80,8 +80,12 @@ export interface DomainDescription {
   emulator: string | null;
   disks: Disk[];
   nics: Nic[];
-  /** The file a `<serial type='file'>` writes to, if the domain has one. */
+  /** The file the first serial port writes to: a `<serial type='file'>`, or the `<log>` of a pty. */
   serialFile: string | null;
+  /** The first serial port's kind: only a pty can be a console (libvirt's open-console). */
+  serialType: string | null;
+  /** The first graphical console: VNC's listen address and port, or its unix socket. */
+  vnc: { listen: string | null; port: number | null; socket: string | null } | null;
   /** The lab guest, recognised by its kernel file and command line. */
   labGuest: LabGuest | null;
   kernel: string | null;
@@ -125,7 +129,23 @@ export function parseDomainXml(xml: string): DomainDescription {
     };
   });
 
-  const serial = arr(devices['serial']).find((s) => attr(s, 'type') === 'file');
+  const serial = arr(devices['serial'])[0];
+  const serialType = serial ? (attr(serial, 'type') ?? null) : null;
+  const serialFile = !serial
+    ? null
+    : serialType === 'file'
+      ? attr(serial['source'], 'path')
+      : (attr(serial['log'], 'file') ?? null);
+  const g = arr(devices['graphics']).find((x) => attr(x, 'type') === 'vnc');
+  const gl = g ? arr(g['listen'])[0] : undefined;
+  const vncPort = g ? Number(attr(g, 'port') ?? NaN) : NaN;
+  const vnc = g
+    ? {
+        listen: attr(g, 'listen') ?? attr(gl, 'address') ?? null,
+        port: Number.isInteger(vncPort) && vncPort > 0 ? vncPort : null,
+        socket: attr(g, 'socket') ?? attr(gl, 'socket') ?? null,
+      }
+    : null;
   const kernel = text(os['kernel']);
   const cmdline = text(os['cmdline']) ?? '';
 
@@ -140,7 +160,9 @@ export function parseDomainXml(xml: string): DomainDescription {
     emulator: text(devices['emulator']),
     disks,
     nics,
-    serialFile: serial ? attr(serial['source'], 'path') : null,
+    serialFile,
+    serialType,
+    vnc,
     labGuest: kernel && /ferry-lab-guest/.test(kernel) ? labGuestFromCmdline(cmdline) : null,
     kernel,
   };
@@ -265,9 +287,16 @@ export function buildDomainXml(d: NewDomain): string {
       source: { '@network': n.network },
       model: { '@type': 'virtio' },
     })),
-    serial: d.serialFile
-      ? { '@type': 'file', source: { '@path': d.serialFile, '@append': 'on' }, target: { '@port': '0' } }
-      : { '@type': 'pty', target: { '@port': '0' } },
+    // A pty, so the console can be opened (libvirt's open-console needs one), logged to a file when
+    // one is named (what `ferry vm serial` reads).
+    serial: {
+      '@type': 'pty',
+      ...(d.serialFile ? { log: { '@file': d.serialFile, '@append': 'on' } } : {}),
+      target: { '@port': '0' },
+    },
+    // A screen, served by VNC on the server's loopback only: Ferry reaches it through its SSH connection.
+    graphics: { '@type': 'vnc', '@autoport': 'yes', listen: { '@type': 'address', '@address': '127.0.0.1' } },
+    video: { model: { '@type': 'vga' } },
   };
   return builder.build({
     domain: {

@@ -541,7 +541,8 @@ function makeMachineFiles(s: LabState, m: LibvirtLabMachine): void {
       `mount --bind ${sh(path.join(m.dir, 'var/cache/libvirt'))} /var/cache/libvirt`,
       `mount --bind ${sh(path.join(m.dir, 'var/log/libvirt'))} /var/log/libvirt`,
       `mount --bind ${sh(runDirOf(m))} /run`,
-      'mkdir -p /run/sshd /run/libvirt && chmod 0755 /run/sshd',
+      // /run/lock (/var/lock): libvirt locks a pty there when it opens a domain's console.
+      'mkdir -p /run/sshd /run/libvirt /run/lock && chmod 0755 /run/sshd && chmod 1777 /run/lock',
       `hostname ${m.hostname}`,
       `echo $$ > ${sh(holderPidFile(m))}.tmp`,
       `mv ${sh(holderPidFile(m))}.tmp ${sh(holderPidFile(m))}`,

@@ -5,7 +5,9 @@
 // never on the server.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
+import type { Duplex } from 'node:stream';
 import {
   FerryError,
   HostSettingsSchema,
@@ -490,6 +492,68 @@ export class LibvirtHost extends LibvirtMigrationDriver implements HostDriver {
       return { text: '', next: from };
     }
     return { text: buf.subarray(from).toString('utf8'), next: buf.length };
+  }
+
+  /**
+   * The VM's console on this server, as bytes both ways: its serial port (libvirt's open-console, which
+   * needs a pty serial: a file serial is only a log) or its VNC screen (raw RFB), reached through the
+   * connection's SSH session (a forwarded channel to the listener the domain's XML names: its loopback
+   * port or unix socket), or directly over TLS/TCP where VNC listens on an address this machine can
+   * reach. Each refusal says why.
+   */
+  async openConsole(name: string, kind: 'serial' | 'vnc'): Promise<Duplex> {
+    const c = await this.client();
+    const dom = await this.lookup(c, name);
+    const st = await c.domainGetState(dom, 0);
+    if (st.state !== STATE.running && st.state !== STATE.paused && st.state !== STATE.blocked) {
+      throw new FerryError('vm-not-running', `${name} is ${vmState(st.state, st.reason)} on ${this.name}`);
+    }
+    const d = parseDomainXml(await c.domainGetXmlDesc(dom, 0));
+    if (kind === 'serial') {
+      if (d.serialType !== 'pty') {
+        throw new FerryError(
+          'not-supported',
+          d.serialType
+            ? `${name}'s serial port on ${this.name} is a ${d.serialType}, not a pty: libvirt opens only a pty as a console${d.serialFile ? `; its output is logged to ${d.serialFile}` : ''}`
+            : `${name} has no serial port on ${this.name}`,
+        );
+      }
+      return c.domainOpenConsole(dom, null, 0);
+    }
+    if (!d.vnc) throw new FerryError('not-supported', `${name} has no VNC screen on ${this.name}`);
+    const { listen, port, socket } = d.vnc;
+    const local = c.uri.transport === 'unix'; // libvirtd on this machine: its loopback is ours
+    const direct = (to: net.NetConnectOpts, where: string): Promise<Duplex> =>
+      new Promise<Duplex>((ok, no) => {
+        const s = net.connect(to, () => ok(s));
+        s.once('error', (err) =>
+          no(new FerryError('host-unreachable', `cannot reach ${name}'s screen at ${where}: ${err.message}`)),
+        );
+      });
+    if (socket) {
+      if (local) return direct({ path: socket }, socket);
+      const ch = c.forward({ socket });
+      if (ch) return ch;
+      throw new FerryError(
+        'not-supported',
+        `${name}'s screen listens on a unix socket on ${this.name} (${socket}), which only an SSH connection reaches`,
+      );
+    }
+    if (port === null) throw new FerryError('not-supported', `${name}'s VNC screen has no port yet`);
+    const loopback = !listen || /^(127\.|::1$|localhost$)/.test(listen);
+    const wildcard = listen === '0.0.0.0' || listen === '::';
+    if (local)
+      return direct({ host: loopback || wildcard ? '127.0.0.1' : listen, port }, `${listen}:${port}`);
+    const ch = c.forward({ host: loopback || wildcard ? '127.0.0.1' : listen, port });
+    if (ch) return ch;
+    if (loopback) {
+      throw new FerryError(
+        'not-supported',
+        `${name}'s screen listens on ${this.name}'s loopback only (${listen ?? '127.0.0.1'}:${port}); connect to ${this.name} over SSH (qemu+ssh://) to see it`,
+      );
+    }
+    const host = wildcard ? (c.uri.host ?? 'localhost') : listen;
+    return direct({ host, port }, `${host}:${port}`);
   }
 
   // ---- storage-only moves on this host and their pre-flight (storage-move.ts) ------------------
