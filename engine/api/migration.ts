@@ -69,9 +69,83 @@ export type MoveOptions = z.infer<typeof MoveOptionsSchema>;
 
 export const CheckItemSchema = z.object({ code: z.string(), message: z.string() });
 export type CheckItem = z.infer<typeof CheckItemSchema>;
+
+/** What would make a move that will not converge converge (the estimate's advice). */
+export const EstimateFixSchema = z
+  .object({
+    kind: z.enum(['bandwidth', 'link', 'downtime', 'policy']),
+    /** MiB/s (bandwidth, link), ms (downtime), or the policy's name. */
+    value: z.union([z.number(), z.string()]),
+    message: z.string(),
+  })
+  .strict();
+export type EstimateFix = z.infer<typeof EstimateFixSchema>;
+
+/**
+ * Before a live move between Ferry's own hosts: how long it will take, how long the guest will stand
+ * still, how much data goes over, and whether pre-copy converges (engine/migration/estimate.ts).
+ */
+export const MoveEstimateSchema = z
+  .object({
+    /** Whole move, all six phases (and the disk copy of a shared-nothing move); null: never ends. */
+    totalMs: z.number().nullable(),
+    /** The guest paused at the switch-over (or at the switch to post-copy); null: never switches over. */
+    downtimeMs: z.number().nullable(),
+    /**
+     * Data to send, as the move's summary will count it (QEMU counts memory uncompressed, a zero
+     * page as a few bytes), with the disks of a shared-nothing move.
+     */
+    bytes: z.number(),
+    /** What goes over the link: `bytes` with memory compressed by the Compression option. */
+    wireBytes: z.number(),
+    /** The move completes with its options and its convergence policy. */
+    converges: z.boolean(),
+    /** The convergence step it likely needs (whether or not its policy allows it). */
+    step: z.enum(['none', 'raise-downtime', 'throttle', 'postcopy']),
+    /** Pre-copy passes expected (1 = the first full copy only). */
+    passes: z.number().int(),
+    /** A sentence for people: what to expect, or why it will not converge (`fixes` say what helps). */
+    message: z.string(),
+    /** When it will not converge: what would make it. */
+    fixes: z.array(EstimateFixSchema),
+    inputs: z
+      .object({
+        /** Measured by QEMU's calc-dirty-rate (page-sampling) over `dirtyRateWindowS` seconds. */
+        dirtyBytesPerSec: z.number(),
+        dirtyRateWindowS: z.number(),
+        /** The rate memory goes over at: the bandwidth limit, the link's, or the loopback's. */
+        linkBytesPerSec: z.number(),
+        linkSource: z.enum(['bandwidth-limit', 'lab-link', 'loopback']),
+        /** Uncompressed memory bytes a second the move is expected to reach (channels, compression, cap). */
+        effectiveBytesPerSec: z.number(),
+        /** Uncompressed ÷ compressed size of a sample of the VM's memory (Compression only; else 1). */
+        compressionRatio: z.number(),
+        /** Share of the VM's memory pages that are all zeros (sampled; they are sent as a flag). */
+        zeroPageRatio: z.number(),
+        memoryBytes: z.number(),
+        /** Shared-nothing: the disks' allocated bytes to copy; 0 otherwise. */
+        diskBytes: z.number(),
+        /** Fixed costs around the memory copy: setup, hand-over, online, clean-up. */
+        overheadMs: z.number(),
+        /** Downtime beyond the last copy (pausing, handing over, resuming). */
+        switchoverMs: z.number(),
+        /** Where overheadMs and switchoverMs come from: past moves here, or constants. */
+        costsFrom: z.enum(['history', 'constants']),
+      })
+      .strict(),
+  })
+  .strict();
+export type MoveEstimate = z.infer<typeof MoveEstimateSchema>;
+
 export const PreflightReportSchema = z.object({
   errors: z.array(CheckItemSchema),
   warnings: z.array(CheckItemSchema),
+  /**
+   * Checks only (`ferry move --check`, the wizard): the estimate, or null with `estimateNote` saying
+   * why there is none (libvirt hosts, a VM not running, blocking errors). Absent in older records.
+   */
+  estimate: MoveEstimateSchema.nullable().optional(),
+  estimateNote: z.string().optional(),
 });
 export type PreflightReport = z.infer<typeof PreflightReportSchema>;
 

@@ -68,6 +68,23 @@ function summaryText(s: Summary): string {
   return `completed: ${s.vm} now runs on ${s.to} in ${(s.totalMs / 1000).toFixed(2)} s${copy}, downtime ${s.downtimeMs ?? '?'} ms, ${(s.bytes / MiB).toFixed(1)} MiB in ${s.passes} passes (${phases})${s.warnings.length ? `\nwarnings: ${s.warnings.join('; ')}` : ''}`;
 }
 
+/** The estimate of a check, for a terminal: what to expect, its inputs, and what would help. */
+export function estimateText(report: PreflightReport): string | null {
+  const e = report.estimate;
+  if (!e) return report.estimateNote ? `estimate: ${report.estimateNote}` : null;
+  const i = e.inputs;
+  const mbs = (b: number): string => `${(b / MiB).toFixed(1)} MiB/s`;
+  const lines = [
+    e.converges
+      ? `estimate: ${((e.totalMs ?? 0) / 1000).toFixed(1)} s in all, ${e.downtimeMs} ms of downtime, ${(e.bytes / MiB).toFixed(1)} MiB to send (${(e.wireBytes / MiB).toFixed(1)} MiB over the link), ${e.step === 'none' ? 'converges' : `converges with ${e.step}`}`
+      : `estimate: will NOT converge`,
+    `  ${e.message}`,
+    `  inputs: dirty ${mbs(i.dirtyBytesPerSec)} (over ${i.dirtyRateWindowS} s), link ${mbs(i.linkBytesPerSec)} (${i.linkSource}), moving ${mbs(i.effectiveBytesPerSec)}, compression ${i.compressionRatio}×, ${Math.round(i.zeroPageRatio * 100)} % zero pages, fixed costs ${i.overheadMs} ms + ${i.switchoverMs} ms paused (${i.costsFrom})`,
+    ...e.fixes.map((f) => `  would converge with ${f.message}`),
+  ];
+  return lines.join('\n');
+}
+
 interface MoveFlags {
   to?: string;
   performance?: MoveRequest['performance'];
@@ -215,6 +232,8 @@ export function registerMigrationCommands(program: Command, io: Io, inv: Invento
       for (const e of report.errors) io.out(`error   ${e.code}: ${e.message}\n`);
       for (const w of report.warnings) io.out(`warning ${w.code}: ${w.message}\n`);
       if (report.errors.length === 0) io.out(`${ok}\n`);
+      const line = estimateText(report);
+      if (line) io.out(`${line}\n`);
     }
     if (report.errors.length > 0) throw new ExitWith(2);
   };

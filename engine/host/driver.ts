@@ -93,6 +93,24 @@ export interface OutgoingStats extends MigrationStats {
   stoppedAt: number | null;
 }
 
+/**
+ * A short look at a running VM's memory, for the estimate before a move (Ferry's own hosts): QEMU's
+ * dirty-rate calculation in page-sampling mode, and a sample of its memory pages.
+ */
+export interface MemoryMeasurement {
+  /** Distinct bytes the guest dirtied a second over the window (QEMU reports whole MiB/s). */
+  dirtyBytesPerSec: number;
+  /** QEMU 7.2 measures in whole seconds. */
+  windowS: number;
+  /** 0..1: sampled pages that are all zeros. */
+  zeroPageRatio: number;
+  /** Uncompressed ÷ deflate level 1 size of the sampled non-zero pages (1 when all were zero). */
+  compressionRatio: number;
+  sampledBytes: number;
+  /** Epoch ms the measurement ended. */
+  at: number;
+}
+
 export interface StorageHandle {
   disks: { id: string; file: string; attached: boolean; writable: boolean }[];
   /** The destination VM's run state (paused until Online). */

@@ -23,6 +23,7 @@ import { History, isAbandoned } from './history.js';
 import { libvirtMigration } from './libvirt-migration.js';
 import { liveMigration, type EventSink, type MoveContext, type SharedNothing } from './live-migration.js';
 import { storageMove } from './storage-move.js';
+import { fixedCosts } from './estimate.js';
 import { preflight, type DiskTarget } from './preflight.js';
 import { QueueCancelled, Scheduler } from './scheduler.js';
 
@@ -107,11 +108,23 @@ export class MigrationManager {
     return { source, dest: await this.inv.host(req.to) };
   }
 
-  /** The pre-flight report alone, without moving anything. */
+  /**
+   * The pre-flight report alone, without moving anything, with the estimate of a live move between
+   * Ferry's own hosts (a second's measurement of the VM, shared by checks that ask at once).
+   */
   async check(input: MoveRequest): Promise<PreflightReport> {
     const req = this.parse(input);
     const { source, dest } = await this.hosts(req);
-    return (await preflight(req, source, dest)).report;
+    const [records, hosts] = await Promise.all([
+      this.history.saved().catch(() => []),
+      this.inv.records().catch(() => []),
+    ]);
+    const own = new Set(hosts.filter((h) => h.kind !== 'libvirt').map((h) => h.name));
+    return (
+      await preflight(req, source, dest, {
+        estimate: { costs: (o) => fixedCosts(records, own, o, req.includeStorage) },
+      })
+    ).report;
   }
 
   /** Starts a move (it may wait in the queue first). Refusals come back as a summary, not a throw. */

@@ -19,6 +19,8 @@ import { LibvirtHost } from '../host/libvirt/libvirt-host.js';
 import { libvirtMovePreflight, type LibvirtMovePlan } from './libvirt-preflight.js';
 import { brokenMigrationMessage, planMigration } from '../qemu/migration.js';
 import { LocalHost } from '../host/local/local-host.js';
+import type { MemoryMeasurement } from '../host/driver.js';
+import { estimateMove, type FixedCosts } from './estimate.js';
 
 export interface HostView {
   name: string;
@@ -472,17 +474,74 @@ async function mixedPreflight(
   };
 }
 
+/** How long one measurement of a VM's memory serves every check that asks for it. */
+export const MEASUREMENT_TTL_MS = 5000;
+const measurements = new Map<string, { at: number | null; promise: Promise<MemoryMeasurement> }>();
+
+/**
+ * A VM's memory measured once for all the checks that ask within a few seconds (the wizard judges
+ * every other host at once, and QEMU 7.2 measures one dirty rate per VM at a time, in whole seconds):
+ * callers while it runs await the same measurement; a failed one is not kept.
+ */
+export function sharedMeasurement(host: LocalHost, vm: string): Promise<MemoryMeasurement> {
+  const key = `${path.resolve(host.record.stateDir)}\0${vm}`;
+  const hit = measurements.get(key);
+  if (hit && (hit.at === null || Date.now() - hit.at < MEASUREMENT_TTL_MS)) return hit.promise;
+  const entry: { at: number | null; promise: Promise<MemoryMeasurement> } = {
+    at: null,
+    promise: host.measureMemory(vm),
+  };
+  measurements.set(key, entry);
+  entry.promise.then(
+    () => (entry.at = Date.now()),
+    () => {
+      if (measurements.get(key) === entry) measurements.delete(key);
+    },
+  );
+  return entry.promise;
+}
+
+export interface PreflightOptions {
+  /**
+   * Checks only (not a move's own pre-flight, which must not wait for a measurement): estimate the
+   * move, with the fixed costs of past moves for the options it resolves to.
+   */
+  estimate?: { costs: (options: MoveOptions) => FixedCosts };
+}
+
+function withoutEstimate(p: Prepared, opts: PreflightOptions, note: string): Prepared {
+  if (opts.estimate) {
+    p.report.estimate = null;
+    p.report.estimateNote = note;
+  }
+  return p;
+}
+
 export async function preflight(
   request: MoveRequestParsed,
   source: HostDriver,
   dest: HostDriver,
+  opts: PreflightOptions = {},
 ): Promise<Prepared> {
   if ((source.record.kind === 'libvirt') !== (dest.record.kind === 'libvirt')) {
-    return mixedPreflight(request, source, dest);
+    return withoutEstimate(
+      await mixedPreflight(request, source, dest),
+      opts,
+      'no estimate: the hosts are of different kinds',
+    );
   }
-  if (request.kind === 'storage') return storagePreflight(request, source);
+  if (request.kind === 'storage')
+    return withoutEstimate(
+      await storagePreflight(request, source),
+      opts,
+      "no estimate for a storage-only move (only for live moves between Ferry's own hosts)",
+    );
   if (source instanceof LibvirtHost && dest instanceof LibvirtHost) {
-    return libvirtMovePreflight(request, source, dest);
+    return withoutEstimate(
+      await libvirtMovePreflight(request, source, dest),
+      opts,
+      "no estimate for libvirt hosts yet: only moves between Ferry's own hosts are estimated (QEMU's dirty-rate measurement is not reached through libvirt here)",
+    );
   }
   const [vm, info, s, d, destHasVm] = await Promise.all([
     source.vmConfig(request.vm),
@@ -491,6 +550,14 @@ export async function preflight(
     hostView(dest),
     dest.hasVm(request.vm),
   ]);
+  // The measurement takes a second: it runs while the rest is checked.
+  const measuring =
+    opts.estimate && source instanceof LocalHost && (info.state === 'running' || info.state === 'paused')
+      ? sharedMeasurement(source, vm.name).then(
+          (m) => ({ m, error: null }),
+          (err: unknown) => ({ m: null, error: (err as Error).message }),
+        )
+      : null;
   const options = resolveOptions(request, s.settings, s.facts);
   const onSource = await source.statFiles(vm.disks.map((disk) => disk.path));
   const passthroughDisks = vm.disks.filter((_, n) => onSource[n]?.kind === 'device').map((disk) => disk.id);
@@ -522,6 +589,37 @@ export async function preflight(
     const planned = await planDiskTargets(request, vm, dest, d.settings.storageRoots);
     targets = planned.targets;
     report.errors.push(...planned.errors);
+  }
+  if (opts.estimate) {
+    const measured = measuring ? await measuring : null;
+    if (!measured) report.estimateNote = `no estimate: ${vm.name} is ${info.state}, not running`;
+    else if (report.errors.length > 0)
+      report.estimateNote = 'no estimate: the pre-flight check found blocking errors';
+    else if (!measured.m) report.estimateNote = `no estimate: measuring ${vm.name} failed: ${measured.error}`;
+    if (!measured?.m || report.errors.length > 0) report.estimate = null;
+    else {
+      const link =
+        (source instanceof LocalHost ? await source.linkRate() : null) ??
+        (dest instanceof LocalHost ? await dest.linkRate() : null);
+      // Shared-nothing: the disks' allocated bytes (a qcow2 file's size), at most their virtual size.
+      const diskBytes = request.includeStorage
+        ? vm.disks.reduce(
+            (a, disk, n) => a + Math.min(onSource[n]?.size ?? disk.sizeBytes, disk.sizeBytes),
+            0,
+          )
+        : 0;
+      report.estimate = estimateMove({
+        options,
+        memoryBytes: vm.memoryMiB * 1024 * 1024,
+        dirtyBytesPerSec: measured.m.dirtyBytesPerSec,
+        dirtyRateWindowS: measured.m.windowS,
+        zeroPageRatio: measured.m.zeroPageRatio,
+        compressionRatio: measured.m.compressionRatio,
+        linkBytesPerSec: link,
+        diskBytes,
+        costs: opts.estimate.costs(options),
+      });
+    }
   }
   return { report, options, vm, targets };
 }

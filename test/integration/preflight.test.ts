@@ -4,11 +4,16 @@
 // test/unit/preflight.test.ts.
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { HostSettings, MoveRequest } from '../../engine/api/index.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import type { HostSettings, MoveEstimate, MoveRequest, PreflightReport } from '../../engine/api/index.js';
 import { Inventory } from '../../engine/host/inventory.js';
+import { LocalHost } from '../../engine/host/local/local-host.js';
 import { MigrationManager } from '../../engine/migration/manager.js';
-import { ferry, tempHome } from '../helpers.js';
+import { ferry, tempHome, waitForPasses } from '../helpers.js';
+
+const MiB = 1024 * 1024;
+/** The quiet guest's estimate, from the --check --json test. */
+let quiet: MoveEstimate | null = null;
 
 let home: string;
 let inv: Inventory;
@@ -201,6 +206,8 @@ describe('pre-flight refusals leave the VM untouched', () => {
     vm.disks = [{ id: 'disk0', path: '/dev/null', format: 'raw', sizeBytes: 0, owned: false }];
     fs.writeFileSync(cfg, JSON.stringify(vm));
     const report = await manager.check({ vm: 'cold', to: 'lab2' });
+    expect(report.estimate).toBeNull();
+    expect(report.estimateNote).toMatch(/cold is stopped, not running/);
     expect(report.errors.map((e) => e.code)).toEqual(
       expect.arrayContaining(['vm-not-running', 'passthrough-disk']),
     );
@@ -215,12 +222,15 @@ describe('pre-flight refusals leave the VM untouched', () => {
   it('ferry move --check --json prints the report; exit 2 with errors, 0 without', async () => {
     const ok = await ferry(home, ['move', 'pf', '--to', 'lab2', '--check', '--json']);
     expect(ok.code, ok.stdout + ok.stderr).toBe(0);
-    const report = JSON.parse(ok.stdout) as {
-      errors: unknown[];
-      warnings: { code: string; message: string }[];
-    };
+    const report = JSON.parse(ok.stdout) as PreflightReport;
     expect(report.errors).toEqual([]);
     expect(Array.isArray(report.warnings)).toBe(true);
+    // The estimate of a quiet guest (4 MiB rewritten 2.5 times a second) on loopback: it converges.
+    expect(report.estimate).toMatchObject({ converges: true, step: 'none', fixes: [] });
+    expect(report.estimate!.inputs.dirtyBytesPerSec).toBeGreaterThan(0);
+    expect(report.estimate!.inputs).toMatchObject({ linkSource: 'loopback', memoryBytes: 128 * MiB });
+    expect(report.estimate!.totalMs).toBeGreaterThan(0);
+    quiet = report.estimate!;
     await (await inv.host('lab2')).updateSettings({ liveMigrationEnabled: false });
     const bad = await ferry(home, ['move', 'pf', '--to', 'lab2', '--check', '--json']);
     expect(bad.code).toBe(2);
@@ -238,5 +248,66 @@ describe('pre-flight refusals leave the VM untouched', () => {
     expect(lines.at(-1)).toMatchObject({ type: 'summary', status: 'refused' });
     expect(lines.at(-1)!.id).toMatch(/^m-/);
     expect((await (await inv.host('lab1')).vmInfo('pf')).pid).toBe(pid);
+  });
+});
+
+describe('the estimate before Finish', () => {
+  it('follows the guest: a busy guest measures higher, and on a slow link says what would make it converge', async () => {
+    expect(quiet).not.toBeNull();
+    const lab1 = await inv.host('lab1');
+    // 48 MiB rewritten eight times a second.
+    await inv.createVm({
+      name: 'busy',
+      host: 'lab1',
+      memoryMiB: 128,
+      labGuest: { workingSetMiB: 48, dirtyRateMiBs: 400 },
+    });
+    await lab1.startVm('busy');
+    try {
+      await waitForPasses(inv, 'busy', 2);
+      const check = async (...args: string[]): Promise<MoveEstimate> => {
+        const r = await ferry(home, ['move', 'busy', '--to', 'lab2', '--check', '--json', ...args]);
+        expect(r.code, r.stdout + r.stderr).toBe(0);
+        return (JSON.parse(r.stdout) as PreflightReport).estimate!;
+      };
+      // 8 MiB/s: the guest dirties faster than that, so pre-copy never gets there.
+      const slow = await check('--performance', 'tcp', '--bandwidth', '8');
+      expect(slow.inputs.dirtyBytesPerSec).toBeGreaterThan(quiet!.inputs.dirtyBytesPerSec * 3);
+      expect(slow).toMatchObject({ converges: false, totalMs: null, downtimeMs: null });
+      expect(slow.inputs).toMatchObject({ linkBytesPerSec: 8 * MiB, linkSource: 'bandwidth-limit' });
+      expect(slow.inputs.dirtyBytesPerSec).toBeGreaterThan(8 * MiB);
+      const bandwidth = slow.fixes.find((f) => f.kind === 'bandwidth');
+      expect(bandwidth?.value).toBeGreaterThan(8);
+      expect(slow.fixes.some((f) => f.kind === 'policy' && f.value === 'postcopy')).toBe(true);
+      // The person at the terminal reads it too.
+      const text = await ferry(home, ['move', 'busy', '--to', 'lab2', '--check', '--bandwidth', '8']);
+      expect(text.stdout).toMatch(/estimate: will NOT converge/);
+      expect(text.stdout).toMatch(/would converge with a bandwidth limit of at least \d+ MiB\/s/);
+    } finally {
+      await lab1.stopVm('busy', { force: true, timeoutMs: 0 });
+    }
+  });
+
+  it('checks asking at once share one measurement of the VM', async () => {
+    const spy = vi.spyOn(LocalHost.prototype, 'measureMemory');
+    try {
+      const reports = await Promise.all(
+        ['tcp', 'compression', 'multichannel'].map((performance) =>
+          manager.check({ vm: 'pf', to: 'lab2', performance: performance as 'tcp' }),
+        ),
+      );
+      expect(reports.map((r) => r.estimateNote ?? 'estimated')).toEqual(Array(3).fill('estimated'));
+      expect(spy).toHaveBeenCalledTimes(1);
+      const rates = reports.map((r) => r.estimate!.inputs.dirtyBytesPerSec);
+      expect(new Set(rates).size).toBe(1);
+      // Compression reports how well the memory compresses; the others 1.
+      expect(reports[1]!.estimate!.inputs.compressionRatio).toBeGreaterThan(1);
+      expect(reports[0]!.estimate!.inputs.compressionRatio).toBe(1);
+      // A check a moment later still uses it.
+      await manager.check({ vm: 'pf', to: 'lab2' });
+      expect(spy).toHaveBeenCalledTimes(1);
+    } finally {
+      spy.mockRestore();
+    }
   });
 });

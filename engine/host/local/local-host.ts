@@ -17,6 +17,7 @@ import type { OutgoingState } from '../../qemu/migration.js';
 import type { QemuCaps } from '../../qemu/probe.js';
 import { execFileAsync } from '../../qemu/system.js';
 import type {
+  MemoryMeasurement,
   DiskJob,
   FileIdentity,
   HostDriver,
@@ -176,6 +177,28 @@ export class LocalHost implements HostDriver {
     } catch {
       return true;
     }
+  }
+  /** Ferry's own hosts only (the estimate): the VM's dirty rate and a sample of its memory. */
+  measureMemory(name: string, windowS = 1): Promise<MemoryMeasurement> {
+    return this.source.measureMemory(name, windowS);
+  }
+  /**
+   * Ferry's own hosts only (the estimate): the rate this host's traffic leaves at, in bytes/s, when it
+   * is a lab host on a shaped link (the token bucket on its side of the link); null when it shares
+   * this machine's loopback, where nothing but the streams themselves limits a move.
+   */
+  async linkRate(): Promise<number | null> {
+    const ns = this.record.netns;
+    if (!ns) return null;
+    return execFileAsync('ip', ['netns', 'exec', ns, 'tc', '-j', 'qdisc', 'show'], { timeout: 5000 })
+      .then(({ stdout }) => {
+        const qdiscs = JSON.parse(String(stdout)) as { kind?: string; options?: { rate?: number } }[];
+        const shaped = qdiscs
+          .filter((q) => (q.kind === 'tbf' || q.kind === 'htb') && typeof q.options?.rate === 'number')
+          .map((q) => q.options!.rate!);
+        return shaped.length ? Math.min(...shaped) : null;
+      })
+      .catch(() => null);
   }
   /** Ferry's own hosts only (the pre-flight): can QEMU start a new outgoing migration of the VM? */
   outgoingReadiness(name: string): Promise<{ ready: boolean; broken: boolean; state: OutgoingState } | null> {

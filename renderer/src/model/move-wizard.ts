@@ -6,7 +6,14 @@ import type {
   MoveRequest,
   PreflightReport,
 } from '../../../engine/api/index.js';
-import { CONVERGENCE_LABELS, PERFORMANCE_LABELS } from './format.js';
+import {
+  CONVERGENCE_LABELS,
+  formatBytes,
+  formatDuration,
+  formatRate,
+  MiB,
+  PERFORMANCE_LABELS,
+} from './format.js';
 
 export type MoveType = 'vm' | 'storage';
 /** Choose Move Options, as Hyper-V words them. */
@@ -220,4 +227,73 @@ export function summaryRows(s: MoveWizardState, sourceSettings: HostSettings | n
     );
   }
   return rows;
+}
+
+/** The estimate before Finish, as the Summary page shows it (engine/migration/estimate.ts). */
+export interface EstimateView {
+  converges: boolean;
+  /** One line: what to expect, or that it will not converge. */
+  headline: string;
+  rows: SummaryRow[];
+  /** When it will not converge: what would make it. */
+  help: string[];
+}
+
+const STEP_TEXT = {
+  none: 'Yes',
+  'raise-downtime': 'Yes, once the downtime target is raised',
+  throttle: "Yes, with QEMU slowing the VM's processors",
+  postcopy: 'Not by itself: post-copy finishes it',
+} as const;
+
+export function estimateView(report: PreflightReport | null): EstimateView | null {
+  const e = report?.estimate;
+  if (!e) return null;
+  const i = e.inputs;
+  const linkFrom = {
+    'bandwidth-limit': 'the bandwidth limit',
+    'lab-link': "the lab's link",
+    loopback: 'loopback, no link between the hosts',
+  }[i.linkSource];
+  const measured = [
+    `the VM dirties ${formatRate(i.dirtyBytesPerSec / MiB)}`,
+    `link ${formatRate(i.linkBytesPerSec / MiB)} (${linkFrom})`,
+    ...(i.compressionRatio > 1 ? [`memory compresses ${i.compressionRatio.toFixed(1)}×`] : []),
+    `${Math.round(i.zeroPageRatio * 100)} % of memory is empty`,
+  ].join(', ');
+  const data =
+    e.wireBytes < e.bytes * 0.95
+      ? `${formatBytes(e.bytes)} (${formatBytes(e.wireBytes)} over the link)`
+      : formatBytes(e.bytes);
+  if (!e.converges) {
+    return {
+      converges: false,
+      headline: `The move will not converge with these settings: ${e.message.replace(/^will not converge with the [a-z-]+ policy: /, '')}.`,
+      rows: [
+        { label: 'Converges', value: 'No' },
+        { label: 'Measured', value: measured },
+      ],
+      help: e.fixes.map((f) => f.message),
+    };
+  }
+  return {
+    converges: true,
+    headline: `Expected: about ${formatDuration(e.totalMs)} in all, the VM paused for about ${formatDuration(e.downtimeMs)}.`,
+    rows: [
+      { label: 'Expected total time', value: formatDuration(e.totalMs) },
+      { label: 'Expected downtime', value: formatDuration(e.downtimeMs) },
+      { label: 'Data to send', value: data },
+      { label: 'Converges', value: STEP_TEXT[e.step] },
+      { label: 'Measured', value: measured },
+    ],
+    help: [],
+  };
+}
+
+/** A destination's estimate in a few words, for Specify Destination; null without one. */
+export function estimateShort(report: PreflightReport): string | null {
+  const e = report.estimate;
+  if (!e) return null;
+  if (!e.converges) return 'Estimate: will not converge with these settings';
+  return `Estimate: about ${formatDuration(e.totalMs)}, ${formatDuration(e.downtimeMs)} of downtime`;
 }
