@@ -538,9 +538,11 @@ export async function followDiskCopy(
   checkCancel: () => void,
 ): Promise<void> {
   let lastEmit = -Infinity;
+  let prev: { at: number; copied: number } | null = null;
   for (;;) {
     checkCancel();
     const jobs = await jobsOf();
+    const at = ctx.now();
     const failed = jobs.find((j) => j.error || j.status === 'gone' || j.status === 'concluded');
     if (failed)
       throw new FerryError(
@@ -556,7 +558,15 @@ export async function followDiskCopy(
       });
     }
     if (done) return;
-    await sleep(POLL_MS * 2);
+    // Sleep until the copy should be in sync at the rate seen (20-100 ms; 20 after the first look, when
+    // a sparse disk may already be in sync): READY is seen within ~20 ms instead of up to 100 ms late,
+    // without polling a long or stalled copy fast.
+    const copied = jobs.reduce((n, j) => n + j.copied, 0);
+    const left = jobs.reduce((n, j) => n + Math.max(0, j.total - j.copied), 0);
+    const rate = prev && at > prev.at ? (copied - prev.copied) / (at - prev.at) : 0;
+    const wait = !prev ? 20 : rate > 0 ? Math.min(POLL_MS * 2, Math.max(20, left / rate)) : POLL_MS * 2;
+    prev = { at, copied };
+    await sleep(wait);
   }
 }
 

@@ -118,6 +118,8 @@ describe('shared-nothing live migration (R3)', () => {
           injectedDuringCopy = true;
           await inject('sn', 'lab1', 0x5a, '0', '1M');
           await inject('sn', 'lab1', 0x5b, '700M', '256k');
+          // Zeroes over data: the NBD target turns them into a zero write (detect-zeroes).
+          await inject('sn', 'lab1', 0x00, '220M', '1M');
         }
         if (e.type === 'phase' && e.phase === 2 && e.state === 'started' && !injectedInPhase2) {
           injectedInPhase2 = true;
@@ -152,6 +154,8 @@ describe('shared-nothing live migration (R3)', () => {
     expect(holds(dst, 0x5b, '700M', '256k')).toBe(true);
     expect(holds(dst, 0x6b, '2M', '64k')).toBe(true);
     expect(holds(dst, 0x11, '4M', '200M')).toBe(true);
+    expect(holds(dst, 0x00, '220M', '1M')).toBe(true);
+    expect(holds(dst, 0x11, '221M', '35M')).toBe(true);
     const after = await waitForPasses(inv, 'sn', lastPass + 2);
     expect(after.boots).toBe(0);
     expect(after.mismatches).toEqual([]);

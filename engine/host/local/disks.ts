@@ -42,6 +42,14 @@ export class Disks {
         'node-name': `${e.id}-nbd`,
         server: { type: 'inet', host: target.host, port: String(target.port) },
         export: e.name,
+        // Zeroes cross as NBD WRITE_ZEROES (no payload) instead of data, as `qemu-img convert` skips
+        // them: detect-zeroes turns an all-zero write (the mirror's or, in write-blocking mode, the
+        // guest's) into a zero write, and discard=unmap lets the mirror zero the whole target once at
+        // the start and then copy only the source's allocated areas. The target reads the same bytes.
+        // A 1 GiB disk of written zeroes: 0.43 instead of 1.35 CPU-seconds of QEMU, 324 KiB on the
+        // destination.
+        discard: 'unmap',
+        'detect-zeroes': 'unmap',
       });
     }
     await startMirrors(

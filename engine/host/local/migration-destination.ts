@@ -16,6 +16,18 @@ import type { IncomingRequest, NbdTarget, StorageHandle } from '../driver.js';
 import { createExclusive, ensureDir, ensureSocketDir, readJson, writeJsonAtomic } from '../store.js';
 import { eventMs, newRuntime, type LocalContext } from './context.js';
 
+/**
+ * glibc malloc settings for a skeleton that receives disks over NBD. QEMU 7.2's NBD server allocates a
+ * fresh buffer for every write request (the mirror sends 2 MiB ones) and frees it after the write;
+ * glibc serves an aligned block that large with mmap, so every request maps new pages, faults and
+ * zeroes all of them and unmaps them again, on the main-loop thread that also reads every byte off the
+ * socket: the one thread the whole copy waits on. Keeping blocks up to 4 MiB on the heap (and not
+ * trimming it back below 64 MiB) reuses the same pages: measured on a 1 GiB disk, that thread's CPU
+ * time fell from ~820 to ~330 ms and the copy's wall time by about a quarter. It stays with the
+ * process, which becomes the VM: at most 64 MiB of freed heap are kept.
+ */
+const NBD_MALLOC_TUNABLES = 'glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864';
+
 export class MigrationDestination {
   constructor(private readonly ctx: LocalContext) {}
 
@@ -57,7 +69,16 @@ export class MigrationDestination {
     for (const sock of [paths.qmpSocket, paths.statusSocket]) await fs.promises.rm(sock, { force: true });
     const log = this.ctx.qemuLog(vm.name);
     const argv = qemuArgv(vm, paths, { accel: facts.accel, incoming: true, paused: true, prealloc: true });
-    const pid = await this.ctx.spawnQemu(facts.qemuBinary, argv, log);
+    // Through env(1), which execs QEMU in place (same pid, QEMU's own command line): spawnQemu takes
+    // no environment of its own.
+    const pid =
+      newDisks.length > 0
+        ? await this.ctx.spawnQemu(
+            'env',
+            [`GLIBC_TUNABLES=${NBD_MALLOC_TUNABLES}`, facts.qemuBinary, ...argv],
+            log,
+          )
+        : await this.ctx.spawnQemu(facts.qemuBinary, argv, log);
     await writeJsonAtomic(
       this.ctx.runtimePath(vm.name),
       newRuntime(pid, paths, facts.accel, {
