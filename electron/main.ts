@@ -5,8 +5,15 @@ import { app, BrowserWindow, dialog, ipcMain, screen, session } from 'electron';
 
 import { ApiService } from '../engine/service/api-service.js';
 import { confirmWithDialog } from './confirm.js';
+import { bindConsole, consoleHash } from './console-ipc.js';
 import { bindApi } from './ipc.js';
-import { installNavigationGuards, isAppUrl, restrictPermissions, windowFrameOptions } from './window.js';
+import {
+  consoleFrameOptions,
+  installNavigationGuards,
+  isAppUrl,
+  restrictPermissions,
+  windowFrameOptions,
+} from './window.js';
 import { fitToDisplays, readWindowState, STATE_FILE, trackWindowState } from './window-state.js';
 
 // Paths are relative to the bundle in out/main/ (see electron.vite.config.ts).
@@ -65,6 +72,49 @@ export function createMainWindow(): BrowserWindow {
   return win;
 }
 
+/** Console windows open now, by VM and host: "Connect…" again brings the open one to the front. */
+const consoleWindows = new Map<string, BrowserWindow>();
+
+/** "Connect…": the VM's console in a window of its own, the renderer loaded with `#console=VM&host=HOST`. */
+export function createConsoleWindow(vm: string, host?: string): BrowserWindow {
+  const key = `${vm}\n${host ?? ''}`;
+  const open = consoleWindows.get(key);
+  if (open && !open.isDestroyed()) {
+    if (open.isMinimized()) open.restore();
+    open.focus();
+    return open;
+  }
+  // The same web preferences as the main window, written out again for reviewers and electronegativity.
+  const win = new BrowserWindow({
+    ...consoleFrameOptions(vm),
+    webPreferences: {
+      preload: PRELOAD_PATH,
+      contextIsolation: true,
+      sandbox: true,
+      nodeIntegration: false,
+      nodeIntegrationInWorker: false,
+      nodeIntegrationInSubFrames: false,
+      webSecurity: true,
+      allowRunningInsecureContent: false,
+      webviewTag: false,
+      experimentalFeatures: false,
+      disableBlinkFeatures: 'Auxclick',
+      spellcheck: false,
+    },
+  });
+  consoleWindows.set(key, win);
+  win.once('closed', () => {
+    if (consoleWindows.get(key) === win) consoleWindows.delete(key);
+  });
+  installNavigationGuards(win.webContents, target.url);
+  win.once('ready-to-show', () => win.show());
+  const hash = consoleHash(vm, host);
+  const loading =
+    target.kind === 'dev' ? win.loadURL(`${target.url}#${hash}`) : win.loadFile(target.file, { hash });
+  loading.catch((error: unknown) => console.error(`ferry: failed to load the console of ${vm}:`, error));
+  return win;
+}
+
 // Sandbox every renderer, including any a later feature creates.
 app.enableSandbox();
 
@@ -86,6 +136,11 @@ app
     });
     const unbind = bindApi(ipcMain, engine, isApp);
     app.on('will-quit', unbind);
+    // "Connect…": the VMs' consoles, streamed to the pages that opened them.
+    const unbindConsole = bindConsole(ipcMain, engine, isApp, (vm, host) => {
+      createConsoleWindow(vm, host);
+    });
+    app.on('will-quit', unbindConsole);
     createMainWindow();
     app.on('activate', () => {
       if (BrowserWindow.getAllWindows().length === 0) createMainWindow();

@@ -22,6 +22,18 @@ export function windowFrameOptions(
   };
 }
 
+/** The frame of a VM's console window ("Connect…"): sized for an 80x25 screen or a 1024x768 one. */
+export function consoleFrameOptions(vm: string): Omit<BrowserWindowConstructorOptions, 'webPreferences'> {
+  return {
+    width: 1060,
+    height: 860,
+    minWidth: 480,
+    minHeight: 360,
+    title: `${vm} — Ferry`,
+    show: false,
+  };
+}
+
 /**
  * True if `target` is the app itself: same origin for the http(s) dev server, or the
  * very same file for the packaged `file://` build (every file:// URL has origin "null").

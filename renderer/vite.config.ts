@@ -7,6 +7,8 @@ import { defineConfig } from 'vite';
 export const vendorChunks = {
   groups: [
     { name: 'primevue', test: /node_modules[\\/](?:primevue|@primevue|@primeuix)[\\/]/, priority: 3 },
+    // The VM console's screen (noVNC) and terminal (xterm.js): loaded only by a console window or tab.
+    { name: 'console', test: /node_modules[\\/](?:@novnc|@xterm)[\\/]/, priority: 3 },
     { name: 'charts', test: /node_modules[\\/](?:chart\.js|vue-chartjs|@kurkle)[\\/]/, priority: 2 },
     { name: 'vendor', test: /node_modules[\\/]/, priority: 1 },
   ],

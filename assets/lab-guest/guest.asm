@@ -19,6 +19,9 @@
 ;   FERRY-GUEST clock pass=<p> gap=<ms>
 ;   FERRY-GUEST MISMATCH pass=<p> page=<i> want=0x<8 hex> got=0x<8 hex>
 ;   FERRY-GUEST FAULT vec=<n>
+;   FERRY-GUEST key 0x<2 hex>[ <char>]   (a byte received on COM1, echoed)
+;
+; Every line also appears on the screen (VGA text mode, when the VM has one).
 
 bits 32
 cpu 386
@@ -36,6 +39,11 @@ MAX_MM_LINES  equ 16              ; mismatch lines printed per pass, at most
 HB_MS         equ 250             ; minimum spacing of heartbeats (ms)
 
 COM1          equ 0x3F8
+ECHO_MAX      equ 16              ; received bytes echoed per look, at most
+VGA_TEXT      equ 0xB8000         ; the 80x25 text screen the firmware left
+VGA_COLS      equ 80
+VGA_CELLS     equ 80 * 25
+VGA_BLANK     equ 0x0720          ; a space, grey on black
 CMOS_INDEX    equ 0x70
 CMOS_DATA     equ 0x71
 RTC_SEC       equ 0x00
@@ -124,6 +132,7 @@ entry:
         mov byte [edi], 0
 .no_mbi:
         call serial_init          ; (clobbers edx: only now, info is read)
+        call vga_clear
 
         ; ---- parameters
         mov dword [ws_mib], DEF_WS
@@ -267,11 +276,13 @@ main_loop:
 
 .pass_done:
         mov byte [verify_on], 1
+        call echo_input
 
         ; Throttle: idle (hlt, interrupts on) until the pass period is over.
         ; cli/sti around the check: sti's one-instruction shadow makes the
         ; "check then hlt" atomic, so no tick can slip in between unnoticed.
 .wait:
+        call echo_input           ; every tick while idle: typing is echoed at once
         cli
         mov eax, [ticks]
         sub eax, [pass_start]
@@ -490,7 +501,111 @@ putc:
         pop eax
         mov dx, COM1
         out dx, al
+        call vga_putc
         pop edx
+        ret
+
+; Echo what arrived on COM1 (LSR bit 0: data ready), one line per byte:
+; "FERRY-GUEST key 0x61 a" (the character itself only if printable, not a
+; space). Called from the main loop only, between lines, so an echo never
+; splits another line.
+echo_input:
+        pushad
+        mov ecx, ECHO_MAX
+.next:  mov dx, COM1 + 5
+        in al, dx
+        test al, 0x01
+        jz .done
+        mov dx, COM1
+        in al, dx                 ; RBR: the byte
+        movzx ebx, al
+        mov esi, s_key
+        call puts
+        mov al, bl
+        call put_hex2
+        cmp bl, 0x21
+        jb .nl
+        cmp bl, 0x7E
+        ja .nl
+        mov al, ' '
+        call putc
+        mov al, bl
+        call putc
+.nl:    mov al, 10
+        call putc
+        loop .next
+.done:  popad
+        ret
+
+; al = byte, printed as 0x + 2 lowercase hex digits
+put_hex2:
+        pushad
+        movzx edx, al
+        mov al, '0'
+        call putc
+        mov al, 'x'
+        call putc
+        mov eax, edx
+        shr eax, 4
+        mov al, [hex_digits + eax]
+        call putc
+        mov eax, edx
+        and eax, 0x0F
+        mov al, [hex_digits + eax]
+        call putc
+        popad
+        ret
+
+; ------------------------------------------------------------------ screen
+; The serial lines are also written to the text screen: one line per row; at
+; the bottom it wraps round to the top, and the row about to be written is
+; blanked first (writes only: no scrolling, no reads of video memory). Without
+; a display device the writes go nowhere.
+vga_clear:
+        pushad
+        mov edi, VGA_TEXT
+        mov ecx, VGA_CELLS
+        mov ax, VGA_BLANK
+        rep stosw
+        mov dword [vga_pos], 0
+        popad
+        ret
+
+; al = byte
+vga_putc:
+        pushad
+        mov edi, [vga_pos]        ; cell index, 0 .. VGA_CELLS - 1
+        cmp al, 10
+        je .newline
+        mov ah, 0x07
+        mov [VGA_TEXT + edi * 2], ax
+        inc edi
+        mov eax, edi
+        xor edx, edx
+        mov ecx, VGA_COLS
+        div ecx
+        test edx, edx
+        jnz .store                ; still inside the row
+        jmp .blank                ; a full row: go on in the next one
+.newline:
+        mov eax, edi
+        xor edx, edx
+        mov ecx, VGA_COLS
+        div ecx
+        inc eax
+        imul edi, eax, VGA_COLS
+.blank: cmp edi, VGA_CELLS
+        jb .clear_row
+        xor edi, edi
+.clear_row:
+        push edi
+        lea edi, [VGA_TEXT + edi * 2]
+        mov ecx, VGA_COLS
+        mov ax, VGA_BLANK
+        rep stosw
+        pop edi
+.store: mov [vga_pos], edi
+        popad
         ret
 
 ; esi = NUL-terminated string
@@ -867,6 +982,7 @@ s_mm_page:  db " page=", 0
 s_mm_want:  db " want=", 0
 s_mm_got:   db " got=", 0
 s_fault:    db "FERRY-GUEST FAULT vec=", 0
+s_key:      db "FERRY-GUEST key ", 0
 
 align 4
 load_end:                         ; end of the file contents
@@ -898,6 +1014,7 @@ offset:     resd 1                ; host ms - guest ms since the reference
 offset_max: resd 1                ; its reference: the highest, less 1 ms a second
 clk_rem:    resd 1                ; HPET counts not yet counted as a whole ms
 gap_max:    resd 1                ; largest gap (ms) since the last clock line
+vga_pos:    resd 1                ; the screen cell the next character goes to
 clamped:    resb 1
 verify_on:  resb 1
 rtc_state:  resb 1                ; see rtc_sample

@@ -11,6 +11,7 @@ import {
 } from './migration.js';
 import {
   CreateVmRequestSchema,
+  DisplaySchema,
   HostFactsSchema,
   HostNameSchema,
   HostRecordSchema,
@@ -59,6 +60,25 @@ export const CancelResultSchema = z.object({
 /** A history entry without its samples (the list view); `migration` returns the whole record. */
 export const MigrationListItemSchema = MigrationRecordSchema.omit({ samples: true });
 export type MigrationListItem = z.infer<typeof MigrationListItemSchema>;
+
+export const ConsoleKindSchema = z.enum(['serial', 'vnc']);
+export type ConsoleKind = z.infer<typeof ConsoleKindSchema>;
+
+/** What the console window learns before it connects ("Connect…"), and all it shows of a VM that is off. */
+export const ConsoleInfoSchema = z.object({
+  /** The host the VM is on: the one whose copy runs when two hosts list it (a move being finished). */
+  host: HostNameSchema,
+  vm: VmRefSchema,
+  /** Its QEMU is up (running, paused, moving): a console can be opened. */
+  running: z.boolean(),
+  display: DisplaySchema,
+  serial: z.literal(true),
+  /** The end of the serial log (about the last 64 KiB), also of a VM that is off. */
+  serialLog: z.string(),
+  /** Why a console cannot be opened now (the VM is off, a libvirt host, …); absent when it can. */
+  reason: z.string().optional(),
+});
+export type ConsoleInfo = z.infer<typeof ConsoleInfoSchema>;
 
 export const api = {
   setupStatus: { input: none, output: SetupStatusSchema },
@@ -131,6 +151,11 @@ export const api = {
   listMigrations: { input: none, output: z.array(MigrationListItemSchema) },
   migration: { input: z.object({ id: z.string() }).strict(), output: MigrationRecordSchema },
   queue: { input: none, output: z.array(QueueEntrySchema) },
+  /** "Connect…": where the VM's console is, whether it has a screen, and its serial log so far. */
+  consoleInfo: {
+    input: z.object({ name: VmRefSchema, host: HostNameSchema.optional() }).strict(),
+    output: ConsoleInfoSchema,
+  },
 } as const;
 
 export type ApiMethods = typeof api;

@@ -22,6 +22,10 @@ const KINDS = {
   'unknown-migration': 'refused',
   'cancel-refused': 'refused',
   'not-supported': 'refused',
+  /** A console of the VM's screen was asked for, and the VM has no display device. */
+  'no-display': 'refused',
+  /** The VM's serial console is held by another program (QEMU's serial socket takes one client). */
+  'console-busy': 'refused',
   /** An API client (web token, renderer) asked for what only the administrator's CLI may do. */
   'not-permitted': 'refused',
   /** A client holds too many connections or calls in flight; it may try again when some are done. */

@@ -76,6 +76,9 @@ export const LabGuestSchema = z.object({
 export type LabGuest = z.infer<typeof LabGuestSchema>;
 
 /** The file `vm.json` on the VM's host. `machineType` is the VM's configuration version (as in Hyper-V). */
+export const DisplaySchema = z.enum(['vga', 'none']);
+export type Display = z.infer<typeof DisplaySchema>;
+
 export const VmConfigSchema = z.object({
   formatVersion: z.literal(1),
   name: VmRefSchema,
@@ -92,6 +95,11 @@ export const VmConfigSchema = z.object({
   nics: z.array(NicSchema),
   labGuest: LabGuestSchema.nullable(),
   createdAt: z.iso.datetime(),
+  /**
+   * The display device: 'vga' (a screen, seen through QEMU's VNC server) or 'none'. Guest hardware:
+   * a move starts the destination with the same. Configurations written before it existed have none.
+   */
+  display: DisplaySchema.optional(),
 });
 export type VmConfig = z.infer<typeof VmConfigSchema>;
 

@@ -7,7 +7,15 @@ export interface VmRuntimePaths {
   qmpSocket: string;
   /** Second monitor for status queries, so a long migration session never blocks `vm list`. */
   statusSocket: string;
+  /** Everything the guest writes to its serial port, whether or not a console is connected. */
   serialLog: string;
+  /**
+   * The serial port as a socket Ferry reads and writes (engine/host/local/console.ts); without it the
+   * serial port only writes to the log (raw QEMU runs in benchmarks).
+   */
+  serialSocket?: string;
+  /** QEMU's VNC server, for a VM with a display (never a TCP port). */
+  vncSocket?: string;
   pidFile: string;
   labGuestKernel: string;
 }
@@ -30,6 +38,11 @@ export interface ArgvOptions {
  */
 export function optValue(value: string): string {
   return value.replace(/,/g, ',,');
+}
+
+/** The VM's display device; configurations written before Ferry had consoles have none. */
+export function vmDisplay(vm: Pick<VmConfig, 'display'>): 'vga' | 'none' {
+  return vm.display ?? 'none';
 }
 
 export function labGuestAppend(lab: NonNullable<VmConfig['labGuest']>): string {
@@ -68,8 +81,13 @@ export function qemuArgv(vm: VmConfig, paths: VmRuntimePaths, opts: ArgvOptions)
     `socket,id=qmp1,path=${optValue(paths.statusSocket)},server=on,wait=off`,
     '-mon',
     'chardev=qmp1,mode=control',
+    // The serial port: a socket that takes one client (Ferry's console; wait=off: the guest never waits
+    // for one) and logs every byte the guest writes, with or without a client (measured on QEMU 7.2).
     '-chardev',
-    `file,id=serial0,path=${optValue(paths.serialLog)},append=on`,
+    paths.serialSocket
+      ? `socket,id=serial0,path=${optValue(paths.serialSocket)},server=on,wait=off,` +
+        `logfile=${optValue(paths.serialLog)},logappend=on`
+      : `file,id=serial0,path=${optValue(paths.serialLog)},append=on`,
     '-serial',
     'chardev:serial0',
     // The CMOS RTC follows the host's wall clock, also while the VM is paused or moving: the one clock the
@@ -80,6 +98,12 @@ export function qemuArgv(vm: VmConfig, paths: VmRuntimePaths, opts: ArgvOptions)
     '-rtc',
     'base=utc,clock=host',
   ];
+  if (vmDisplay(vm) === 'vga') {
+    // Guest hardware (it moves with the VM: the destination gets the same device), and QEMU's VNC server
+    // on a unix socket in the host's private socket folder. The VNC server is host-side, not hardware.
+    a.push('-device', 'VGA,id=video0');
+    if (paths.vncSocket) a.push('-vnc', `unix:${optValue(paths.vncSocket)}`);
+  }
   if (vm.labGuest) {
     // The lab guest boots like firmware from Ferry's own read-only image, never from a data disk.
     // -kernel (like -pidfile) takes its path as it is, not in option syntax: no escaping (a doubled

@@ -11,7 +11,10 @@ import path from 'node:path';
 import { z } from 'zod';
 import {
   api,
+  ConsoleKindSchema,
   FerryError,
+  HostNameSchema,
+  VmRefSchema,
   isFerryError,
   isMethod,
   type ApiError,
@@ -28,6 +31,12 @@ import { closeLibvirtConnections, onLibvirtChange } from '../host/libvirt/connec
 import { recoverAbandonedMoves } from '../migration/libvirt-recovery.js';
 import { MigrationManager } from '../migration/manager.js';
 import { findQemu, installHint } from '../qemu/system.js';
+import { consoleInfo, openConsole, type ConsoleStream } from './console.js';
+
+/** A console request as a transport receives it (a WebSocket's query, an IPC call). */
+export const ConsoleRequestSchema = z
+  .object({ vm: VmRefSchema, host: HostNameSchema.optional(), kind: ConsoleKindSchema })
+  .strict();
 
 type Handlers = { [M in MethodName]: (input: z.output<ApiMethods[M]['input']>) => Promise<Output<M>> };
 
@@ -126,6 +135,17 @@ export class ApiService {
     });
     if (MUTATING.has(method)) this.push({ kind: 'inventory-changed' });
     return result;
+  }
+
+  /**
+   * "Connect…": a live console of a VM (serial bytes, or RFB for a VNC viewer), for a transport to carry
+   * to its authenticated client. The request is untrusted: checked like every call's input.
+   */
+  async openConsole(request: unknown): Promise<ConsoleStream> {
+    const parsed = ConsoleRequestSchema.safeParse(request);
+    if (!parsed.success) throw badInput('console', parsed.error);
+    const { vm, host, kind } = parsed.data;
+    return openConsole(this.inv, { vm, kind, ...(host === undefined ? {} : { host }) });
   }
 
   /** An API client may change an administrator-only setting only when the main process's dialog says so. */
@@ -320,6 +340,7 @@ export class ApiService {
       },
       migration: ({ id }) => manager.history.get(id),
       queue: () => manager.queue(),
+      consoleInfo: ({ name, host }) => consoleInfo(inv, name, host),
     };
   }
 }

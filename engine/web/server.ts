@@ -17,13 +17,18 @@ import {
   ServerEventSchema,
   WsRequestSchema,
   WsResponseSchema,
+  type ConsoleKind,
   type ServerEvent,
 } from '../api/index.js';
 import { packageRoot } from '../host/store.js';
 import { toApiError, type ApiService } from '../service/api-service.js';
+import type { ConsoleStream } from '../service/console.js';
 
-/** What the server needs of the engine; ApiService provides it (tests pass a stub). */
-export type WebService = Pick<ApiService, 'call' | 'subscribe'>;
+/**
+ * What the server needs of the engine; ApiService provides it (tests pass a stub). Without
+ * `openConsole` the console endpoints refuse every connection as not supported.
+ */
+export type WebService = Pick<ApiService, 'call' | 'subscribe'> & Partial<Pick<ApiService, 'openConsole'>>;
 
 export interface WebServerOptions {
   port: number;
@@ -62,6 +67,26 @@ export interface WebServer {
 }
 
 export const WS_PATH = '/api/ws';
+/** "Connect…": a VM's serial console and screen (raw RFB, as noVNC expects from websockify). */
+export const CONSOLE_PATHS: Readonly<Record<string, ConsoleKind>> = {
+  '/api/console/serial': 'serial',
+  '/api/console/vnc': 'vnc',
+};
+/** A console whose VM's QEMU went away (stopped, or moved: ask consoleInfo again and reconnect). */
+export const CLOSE_VM_GONE = 4410;
+/** The close code of a console refused or ended by an error, by the error's code (reason: its message). */
+export const CONSOLE_CLOSE_CODES: Readonly<Record<string, number>> = {
+  'bad-input': 4400,
+  'unknown-vm': 4404,
+  'unknown-host': 4404,
+  'not-supported': 4405,
+  'no-display': 4409,
+  'vm-not-running': 4412,
+  'console-busy': 4423,
+  'rate-limited': 4429,
+};
+/** Any other error (QEMU unreachable, …). */
+export const CLOSE_CONSOLE_FAILED = 4500;
 /** Close codes in the application range (4000-4999), mirrored in the renderer's client. */
 export const CLOSE_UNAUTHORIZED = 4401;
 /** Closed because the client already holds as many connections as it may. */
@@ -69,6 +94,10 @@ export const CLOSE_TOO_MANY = 4429;
 const MAX_FRAME_BYTES = 1024 * 1024;
 /** A client that stops reading must not make the server buffer without end: samples are dropped first. */
 const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+/** A console viewer this far behind: the screen stops being read until it catches up; serial output is dropped. */
+const CONSOLE_MAX_BUFFERED = 4 * 1024 * 1024;
+/** What a console client may send before its VM's console is open (a few keys). */
+const CONSOLE_EARLY_BYTES = 64 * 1024;
 const PING_MS = 20_000;
 
 const MIME: Record<string, string> = {
@@ -173,6 +202,20 @@ function requestToken(req: http.IncomingMessage, url: URL): string | null {
   const auth = req.headers.authorization;
   const m = auth ? /^(?:token|bearer)\s+(\S+)$/i.exec(auth) : null;
   return m?.[1] ?? null;
+}
+
+/** A close frame's reason holds at most 123 bytes of UTF-8: cut at a character boundary. */
+export function closeReason(text: string): string {
+  if (Buffer.byteLength(text) <= 123) return text;
+  let cut = text.slice(0, 120);
+  while (Buffer.byteLength(cut + '…') > 123) cut = cut.slice(0, -1);
+  return cut + '…';
+}
+
+function rawBytes(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
 }
 
 function send(
@@ -293,14 +336,22 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
     ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key }, handler)
     : http.createServer(handler);
 
-  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: MAX_FRAME_BYTES,
+    // noVNC (like websockify's clients) may offer `binary`; nothing else is chosen.
+    handleProtocols: (offered) => (offered.has('binary') ? 'binary' : false),
+  });
   const alive = new WeakMap<WebSocket, boolean>();
   /** Open WebSockets per client address. */
   const perClient = new Map<string, number>();
 
   server.on('upgrade', (req, socket, head) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
-    if (url.pathname !== WS_PATH) return refuseUpgrade(socket, 404, 'not found');
+    const consoleKind = Object.prototype.hasOwnProperty.call(CONSOLE_PATHS, url.pathname)
+      ? CONSOLE_PATHS[url.pathname]!
+      : null;
+    if (url.pathname !== WS_PATH && !consoleKind) return refuseUpgrade(socket, 404, 'not found');
     if (!hostAllowed(req.headers.host)) return refuseUpgrade(socket, 403, 'host not allowed');
     if (!originAllowed(req.headers.origin, req.headers.host)) {
       return refuseUpgrade(socket, 403, `origin ${req.headers.origin ?? ''} not allowed`);
@@ -324,9 +375,80 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
         if (n > 0) perClient.set(client, n);
         else perClient.delete(client);
       });
-      serveSocket(ws);
+      if (consoleKind) serveConsole(ws, consoleKind, url);
+      else serveSocket(ws);
     });
   });
+
+  /** A console: the VM's serial or RFB bytes in binary frames, both ways, until either side ends it. */
+  const serveConsole = (ws: WebSocket, kind: ConsoleKind, url: URL): void => {
+    alive.set(ws, true);
+    ws.on('pong', () => alive.set(ws, true));
+    let stream: ConsoleStream | null = null;
+    let early: Buffer[] = [];
+    let earlyBytes = 0;
+    let closed = false;
+    const end = (code: number, reason: string): void => {
+      closed = true;
+      if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(code, closeReason(reason));
+    };
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      if (!isBinary && kind === 'vnc') return end(1003, 'bad-input: the screen takes binary frames');
+      const bytes = rawBytes(data);
+      if (stream) return stream.write(bytes);
+      earlyBytes += bytes.length;
+      if (earlyBytes > CONSOLE_EARLY_BYTES)
+        return end(1009, 'bad-input: too much sent before the console opened');
+      early.push(bytes);
+    });
+    ws.on('close', () => {
+      closed = true;
+      stream?.close();
+    });
+    ws.on('error', () => stream?.close());
+
+    const q = url.searchParams;
+    const request = { vm: q.get('vm') ?? '', kind, ...(q.has('host') ? { host: q.get('host') ?? '' } : {}) };
+    if (!opts.service.openConsole) return end(CONSOLE_CLOSE_CODES['not-supported']!, 'not-supported');
+    opts.service.openConsole(request).then(
+      (opened) => {
+        if (closed) return opened.close();
+        stream = opened;
+        let paused = false;
+        let drain: NodeJS.Timeout | null = null;
+        opened.on('data', (chunk) => {
+          if (ws.readyState !== ws.OPEN) return;
+          if (ws.bufferedAmount > CONSOLE_MAX_BUFFERED) {
+            if (kind === 'serial') return; // never hold up the guest's serial port for one slow viewer
+            if (!paused) {
+              paused = true;
+              opened.pause();
+              drain = setInterval(() => {
+                if (ws.bufferedAmount > CONSOLE_MAX_BUFFERED / 2 && ws.readyState === ws.OPEN) return;
+                clearInterval(drain!);
+                drain = null;
+                paused = false;
+                opened.resume();
+              }, 50);
+            }
+          }
+          ws.send(chunk, { binary: true });
+        });
+        opened.on('end', (e) => {
+          if (drain) clearInterval(drain);
+          if (e.code === 'vm-gone') end(CLOSE_VM_GONE, 'vm-gone');
+          else if (e.code === 'error') end(CLOSE_CONSOLE_FAILED, e.message);
+          else end(1000, e.message);
+        });
+        for (const b of early) opened.write(b);
+        early = [];
+      },
+      (err: unknown) => {
+        const e = toApiError(err);
+        end(CONSOLE_CLOSE_CODES[e.code] ?? CLOSE_CONSOLE_FAILED, e.message);
+      },
+    );
+  };
 
   const serveSocket = (ws: WebSocket): void => {
     let inFlight = 0;

@@ -1,14 +1,18 @@
 // The console in a real browser (Debian's Chromium) against `ferry web` with two lab hosts and a
 // running lab VM: the main window, the Move wizard page by page (mouse, then keyboard alone), a live
-// move's phases and charts, a blocking pre-flight error, and host settings changing the next move.
+// move's phases and charts, a blocking pre-flight error, host settings changing the next move, and a
+// VM's own console (Connect…: its screen and serial port, following the VM across a move).
 // Every move is real (QEMU); lab1's and lab2's bandwidth is capped so a move lasts several seconds.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Page } from 'playwright-core';
 import { ferry, tempHome, waitFor } from '../helpers.js';
 import {
+  axeViolations,
+  describeViolations,
   focusIsVisible,
   openBrowser,
   screenshot,
+  setTheme,
   startWeb,
   tabTo,
   type Browser,
@@ -565,6 +569,219 @@ describe('the console in a browser', () => {
     };
     expect(info.host).toBe(host);
     expect(info.disks[0]?.path.startsWith(`${target}/`)).toBe(true);
+    expect(browser!.errors).toEqual([]);
+  });
+});
+
+// ── Connect…: the VM's own console (issue 12) ───────────────────────────────────────────────────────
+
+/** The lines the console tab's terminal shows now (xterm.js's DOM renderer draws one div per row). */
+function terminalText(tab: Page): Promise<string> {
+  return tab.evaluate(() =>
+    Array.from(document.querySelectorAll('[data-testid="console-terminal"] .xterm-rows > div'))
+      .map((d) => d.textContent ?? '')
+      .join('\n'),
+  );
+}
+
+/** Characters the terminal has been given so far (the serial log, then the live output). */
+async function written(tab: Page): Promise<number> {
+  return Number(await tab.locator('[data-testid="console-terminal"]').getAttribute('data-written'));
+}
+
+/** Types a character into the serial console and waits for the lab guest's echo of it. */
+async function typeAndSeeEcho(tab: Page, ch: string): Promise<void> {
+  await tab.locator('[data-testid="tab-serial"]').click();
+  // Typing is possible once the serial console is connected (the screen may have connected first).
+  await tab.locator('[data-testid="console-terminal"][data-readonly="false"]').waitFor();
+  await tab.locator('[data-testid="console-terminal"] textarea').focus();
+  await tab.keyboard.type(ch);
+  const hex = ch.charCodeAt(0).toString(16).padStart(2, '0');
+  await expect
+    .poll(() => terminalText(tab), { timeout: 15_000, interval: 100 })
+    .toContain(`FERRY-GUEST key 0x${hex} ${ch}`);
+}
+
+/** Whether noVNC's canvas has drawn something other than one flat colour, with its size. */
+function screenPixels(tab: Page): Promise<{ width: number; height: number; colours: number }> {
+  return tab.evaluate(() => {
+    const c = document.querySelector<HTMLCanvasElement>('[data-testid="console-screen"] canvas');
+    if (!c || c.width === 0) return { width: 0, height: 0, colours: 0 };
+    const data = c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data;
+    const seen = new Set<number>();
+    for (let i = 0; i < data.length && seen.size < 8; i += 4 * 7) {
+      seen.add((data[i]! << 16) | (data[i + 1]! << 8) | data[i + 2]!);
+    }
+    return { width: c.width, height: c.height, colours: seen.size };
+  });
+}
+
+describe('Connect…: the VM console in its own tab', () => {
+  it('streams serial, echoes a typed key, draws the screen, follows a move without a click; an off VM; no token', async () => {
+    for (const h of ['lab1', 'lab2']) await cli(['host', 'settings', h, '--set', 'bandwidthMiBs=15']);
+    const page = await open();
+    const from = (await vmHost('demo'))!;
+    const to = from === 'lab1' ? 'lab2' : 'lab1';
+    await selectVm(page, 'demo');
+
+    // A double-click on the VM, or Enter on the selected VM, opens its console too.
+    const row = page.locator('[data-testid="vm-table"] tr', { hasText: 'demo' });
+    for (const how of ['double-click', 'Enter'] as const) {
+      const [other] = await Promise.all([
+        page.waitForEvent('popup'),
+        how === 'Enter' ? row.press('Enter') : row.dblclick(),
+      ]);
+      await other.locator('[data-testid="vm-console"][data-vm="demo"]').waitFor();
+      await other.close();
+      expect(await row.getAttribute('aria-selected')).toBe('true'); // still selected
+    }
+    // Connect… opens a tab in the same authenticated session: the token is not in its address.
+    const [tab] = await Promise.all([
+      page.waitForEvent('popup'),
+      page.locator('[data-action="connect"]').click(),
+    ]);
+    // No transitions to wait for before axe reads colours (the console honours reduced motion).
+    await tab.emulateMedia({ reducedMotion: 'reduce' });
+    const errors: string[] = [];
+    tab.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+    tab.on('console', (m) => {
+      if (m.type() === 'error') errors.push(`console: ${m.text()}`);
+    });
+    const view = tab.locator('[data-testid="vm-console"]');
+    await view.waitFor();
+    expect(tab.url()).toMatch(/#console=demo&host=lab[12]$/);
+    expect(tab.url()).not.toContain('token');
+    expect(await tab.evaluate(() => sessionStorage.getItem('ferry-token'))).toBeTruthy();
+    await expect.poll(() => view.getAttribute('data-phase'), { timeout: 20_000 }).toBe('live');
+    expect(await view.getAttribute('data-host')).toBe(from);
+    expect(await tab.locator('[data-testid="console-status"]').textContent()).toBe(
+      `Connected to demo on ${from}`,
+    );
+
+    // The screen: noVNC connected to QEMU's VNC server and drew its frames (the guest's text screen).
+    const screen = tab.locator('[data-testid="console-screen"]');
+    await expect.poll(() => screen.getAttribute('data-rfb'), { timeout: 20_000 }).toBe('connected');
+    await expect.poll(async () => (await screenPixels(tab)).colours, { timeout: 15_000 }).toBeGreaterThan(1);
+    const fb = await screenPixels(tab);
+    expect(fb.width).toBeGreaterThanOrEqual(640);
+    expect(fb.height).toBeGreaterThanOrEqual(400);
+    await screenshot(tab, 'vm-console-1-screen');
+
+    // The serial console: the log first, then the guest's live output (here: its echo of a typed key).
+    await tab.locator('[data-testid="tab-serial"]').click();
+    await expect.poll(() => terminalText(tab)).toMatch(/FERRY-GUEST (boot|hb|clock) /);
+    const before = await written(tab);
+    await typeAndSeeEcho(tab, 'q');
+    expect(await written(tab)).toBeGreaterThan(before);
+    await screenshot(tab, 'vm-console-2-serial-before-move');
+
+    // A move from the main window while the console is open.
+    await page.bringToFront();
+    await page.locator('[data-action="move"]').click();
+    const next = wizard(page).getByRole('button', { name: 'Next >' });
+    await next.click();
+    await next.click();
+    await expectPage(page, 'destination');
+    await wizard(page).locator(`label[for="dest-${to}"]`).click();
+    await next.click();
+    await expectPage(page, 'options');
+    await wizard(page).locator('label[for="option-shared"]').click();
+    await next.click();
+    await wizard(page).locator('[data-testid="preflight"]').waitFor();
+    await wizard(page).locator('[data-testid="wizard-finish"]').click();
+
+    // The console says the VM is moving, with the phase…
+    await tab.bringToFront();
+    await tab.locator('[data-testid="tab-screen"]').click();
+    const moving = tab.locator('[data-testid="console-moving"]');
+    const note = await waitFor(
+      'the console to show the move',
+      async () => {
+        const t = (await moving.textContent().catch(() => null)) ?? '';
+        return /Moving to lab[12] — phase [2-4]/.test(t) ? t : null;
+      },
+      30_000,
+      100,
+    );
+    expect(note).toContain(`Moving to ${to} — phase`);
+    expect(await tab.locator('[data-testid="console-status"]').textContent()).toMatch(
+      new RegExp(`^Moving to ${to} — phase \\d$`),
+    );
+    await screenshot(tab, 'vm-console-3-during-move');
+
+    // …and afterwards it is connected to the destination, screen and serial, with no click.
+    await expect
+      .poll(async () => `${await view.getAttribute('data-host')} ${await view.getAttribute('data-phase')}`, {
+        timeout: 60_000,
+      })
+      .toBe(`${to} live`);
+    await expect.poll(() => moving.count(), { timeout: 30_000 }).toBe(0);
+    await expect.poll(() => screen.getAttribute('data-rfb'), { timeout: 20_000 }).toBe('connected');
+    await expect.poll(async () => (await screenPixels(tab)).colours, { timeout: 15_000 }).toBeGreaterThan(1);
+    expect(await tab.locator('[data-testid="console-status"]').textContent()).toBe(
+      `Connected to demo on ${to}`,
+    );
+    expect(await vmHost('demo')).toBe(to);
+    await screenshot(tab, 'vm-console-4-screen-after-move');
+    await typeAndSeeEcho(tab, 'z');
+    await screenshot(tab, 'vm-console-5-serial-after-move');
+
+    // A console socket without the token is refused (the browser sees the close code).
+    const code = await tab.evaluate(
+      (vm) =>
+        new Promise<number>((resolve) => {
+          const ws = new WebSocket(`ws://${location.host}/api/console/serial?vm=${vm}`);
+          ws.onclose = (e) => resolve(e.code);
+        }),
+      'demo',
+    );
+    expect(code).toBe(4401);
+    // A console opened outside the session (an address typed into a new tab: no token) is refused.
+    const stranger = await browser!.context.newPage();
+    await stranger.goto(tab.url());
+    await stranger.locator('[data-testid="vm-console"][data-phase="refused"]').waitFor();
+    expect(await stranger.locator('[data-testid="console-refused"]').textContent()).toMatch(/access token/);
+    await stranger.close();
+
+    // A VM that is not running: its serial log, read-only, and no screen.
+    await cli(['vm', 'create', 'idle', '--host', to, '--lab-guest', '--disk', '1']);
+    const [off] = await Promise.all([
+      tab.waitForEvent('popup'),
+      tab.evaluate(() => window.open('./#console=idle', 'ferry-console-idle')),
+    ]);
+    const offView = off.locator('[data-testid="vm-console"][data-phase="offline"]');
+    await offView.waitFor();
+    expect(await off.locator('[data-testid="console-offline"]').textContent()).toMatch(
+      /Below is its serial log, read-only/,
+    );
+    expect(await off.locator('[data-testid="tab-screen"]').isDisabled()).toBe(true);
+    await off.locator('[data-testid="empty-log"]').waitFor(); // never started: nothing logged yet
+    expect(await off.locator('[data-testid="console-terminal"]').getAttribute('data-readonly')).toBe('true');
+    await screenshot(off, 'vm-console-7-off');
+    // Started meanwhile: "Check again" connects to it (a new VM has a screen).
+    await cli(['vm', 'start', 'idle']);
+    await off.locator('[data-testid="console-recheck"]').click();
+    await off.locator('[data-testid="vm-console"][data-phase="live"]').waitFor();
+    await off.locator('[data-testid="tab-screen"]:not([disabled])').waitFor();
+    // Turned off under the console: back to its log, read-only.
+    await cli(['vm', 'stop', 'idle', '--force']);
+    await off.locator('[data-testid="vm-console"][data-phase="offline"]').waitFor();
+    await off.close();
+
+    // Keyboard and WCAG 2.1 AA (axe) in both themes, on both tabs.
+    await tab.locator('[data-testid="tab-screen"]').click();
+    await tabTo(tab, '[data-testid="ctrl-alt-del"]');
+    expect(await focusIsVisible(tab)).toBe(true);
+    for (const which of ['screen', 'serial'] as const) {
+      await tab.locator(`[data-testid="tab-${which}"]`).click();
+      for (const theme of ['light', 'dark'] as const) {
+        await setTheme(tab, theme);
+        const violations = await axeViolations(tab);
+        expect.soft(violations, describeViolations(`console ${which} (${theme})`, violations)).toEqual([]);
+      }
+    }
+    await screenshot(tab, 'vm-console-6-serial-dark');
+    expect(errors).toEqual([]);
     expect(browser!.errors).toEqual([]);
   });
 });

@@ -89,7 +89,11 @@ describe('files and sockets', () => {
     // QEMU got the commas doubled, and wrote its serial log where Ferry reads it.
     const cmdline = fs.readFileSync(`/proc/${rt.pid}/cmdline`, 'utf8').split('\0');
     const serial = path.join(home, 'hosts', 'lab1', 'vms', VM, 'serial.log');
-    expect(cmdline).toContain(`file,id=serial0,path=${serial.replace(/,/g, ',,')},append=on`);
+    const serialSocket = (rt as { serialSocket?: string }).serialSocket ?? '';
+    expect(cmdline).toContain(
+      `socket,id=serial0,path=${serialSocket.replace(/,/g, ',,')},server=on,wait=off,` +
+        `logfile=${serial.replace(/,/g, ',,')},logappend=on`,
+    );
     await waitFor('a heartbeat in the serial log', async () =>
       parseLabGuestSerial(fs.readFileSync(serial, 'utf8')).heartbeats.length > 0 ? true : null,
     );

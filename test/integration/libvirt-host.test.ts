@@ -19,6 +19,7 @@ import {
 } from '../../engine/host/libvirt/lab.js';
 import type { LibvirtHost } from '../../engine/host/libvirt/libvirt-host.js';
 import { ApiService } from '../../engine/service/api-service.js';
+import { consoleInfo, openConsole } from '../../engine/service/console.js';
 import { ferry, tempHome, waitFor, type CliResult } from '../helpers.js';
 import { FERRY_BIN, isRoot, labGuestDomainXml, sh, sshFingerprint, virsh } from '../libvirt-support.js';
 
@@ -167,12 +168,17 @@ describe.skipIf(!isRoot)('libvirt hosts through the CLI (root, libvirt lab)', ()
         });
         // Its consoles, through the host's own connection: the serial port as a libvirt stream, the
         // screen through an SSH channel to the VNC listener on lab1's loopback.
-        const host = (await new Inventory(home).host('lab1')) as LibvirtHost;
-        const console = await host.openConsole(dom, 'serial');
+        // The same as "Connect…" gets them (engine/service/console.ts); the lab guest echoes a key.
+        const inv = new Inventory(home);
+        expect(await consoleInfo(inv, dom)).toMatchObject({ host: 'lab1', running: true, display: 'vga' });
+        const console = await openConsole(inv, { vm: dom, kind: 'serial' });
         let text = '';
         console.on('data', (d: Buffer) => (text += d.toString('latin1')));
         await waitFor('a heartbeat on the serial console', async () => /FERRY-GUEST hb pass=\d+/.test(text));
-        console.end();
+        console.write(Buffer.from('q'));
+        await waitFor('the typed key echoed', async () => /^FERRY-GUEST key 0x71 q$/m.test(text));
+        console.close();
+        const host = (await inv.host('lab1')) as LibvirtHost;
         const screen = await host.openConsole(dom, 'vnc');
         const greeting = await new Promise<string>((resolve) =>
           screen.once('data', (d: Buffer) => resolve(d.toString('latin1'))),

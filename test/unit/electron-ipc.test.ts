@@ -202,10 +202,10 @@ describe('preload', () => {
     return fakes.exposed.get('ferry') as Bridge;
   }
 
-  it('exposes exactly { call, subscribe } as window.ferry, frozen', async () => {
+  it('exposes exactly { call, subscribe, console, openConsoleWindow } as window.ferry, frozen', async () => {
     const bridge = await loadPreload();
     expect(fakes.contextBridge.exposeInMainWorld).toHaveBeenCalledOnce();
-    expect(Object.keys(bridge).sort()).toEqual(['call', 'subscribe']);
+    expect(Object.keys(bridge).sort()).toEqual(['call', 'console', 'openConsoleWindow', 'subscribe']);
     expect(Object.isFrozen(bridge)).toBe(true);
   });
 

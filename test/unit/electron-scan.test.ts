@@ -33,9 +33,11 @@ export const ACCEPTED: { id: string; file: string; severity: string; why: string
     severity: 'MEDIUM',
     why:
       'A "review the preload" notice for any window with a preload. Reviewed: electron/preload.ts ' +
-      'exposes through contextBridge only a frozen { call, subscribe } (no ipcRenderer, no Node), and ' +
-      'electron/ipc.ts checks every call: sender frame is the app page, input validated by the contract, ' +
-      'administrator-only settings confirmed in a main-process dialog (electron/confirm.ts).',
+      'exposes through contextBridge only a frozen { call, subscribe, console, openConsoleWindow } (no ' +
+      'ipcRenderer, no Node), and electron/ipc.ts checks every call: sender frame is the app page, input ' +
+      'validated by the contract, administrator-only settings confirmed in a main-process dialog ' +
+      '(electron/confirm.ts); electron/console-ipc.ts checks every console message the same way, and a ' +
+      "stream's bytes go only to the page that opened it. Both windows (main and console) use it.",
   },
   {
     id: 'CSP_GLOBAL_CHECK',

@@ -273,6 +273,30 @@ describe('electron/main.ts', () => {
     expect(navigate(win.webContents, 'http://localhost:5173/#/hosts')).toBe(false);
   });
 
+  it('opens a VM\'s console window ("Connect…") with the same web preferences, at #console=VM&host=HOST', async () => {
+    vi.stubEnv('ELECTRON_RENDERER_URL', 'http://localhost:5173/');
+    const main = await startMain();
+    const handler = fakes.ipcMain.handle.mock.calls.find((c) => c[0] === 'ferry:console-window')?.[1] as (
+      event: unknown,
+      payload: unknown,
+    ) => unknown;
+    const mainFrame = { url: 'http://localhost:5173/' };
+    const event = { sender: { mainFrame }, senderFrame: mainFrame };
+    expect(handler(event, { vm: 'web1', host: 'lab2' })).toEqual({ ok: true, result: null });
+    expect(fakes.FakeBrowserWindow.instances).toHaveLength(2);
+    const win = fakes.FakeBrowserWindow.instances[1]!;
+    expect(win.options.webPreferences).toEqual(main.options.webPreferences);
+    expect(win.options.title).toBe('web1 — Ferry');
+    expect(win.loadURL).toHaveBeenCalledWith('http://localhost:5173/#console=web1&host=lab2');
+    expect(navigate(win.webContents, 'https://example.com/')).toBe(true);
+    // Not for a page that is not the app.
+    const evil = { url: 'https://evil.example/' };
+    expect(handler({ sender: { mainFrame: evil }, senderFrame: evil }, { vm: 'x' })).toMatchObject({
+      ok: false,
+    });
+    expect(fakes.FakeBrowserWindow.instances).toHaveLength(2);
+  });
+
   it('loads the electron-vite dev server in development', async () => {
     vi.stubEnv('ELECTRON_RENDERER_URL', 'http://localhost:5173/');
     const win = await startMain();

@@ -494,6 +494,13 @@ export class LibvirtHost extends LibvirtMigrationDriver implements HostDriver {
     return { text: buf.subarray(from).toString('utf8'), next: buf.length };
   }
 
+  /** What the VM's consoles are on this server: its first serial port's kind, its VNC screen if any. */
+  async consoleFacts(name: string): Promise<{ serialType: string | null; vnc: boolean }> {
+    const c = await this.client();
+    const d = parseDomainXml(await c.domainGetXmlDesc(await this.lookup(c, name), 0));
+    return { serialType: d.serialType, vnc: d.vnc !== null };
+  }
+
   /**
    * The VM's console on this server, as bytes both ways: its serial port (libvirt's open-console, which
    * needs a pty serial: a file serial is only a log) or its VNC screen (raw RFB), reached through the

@@ -14,7 +14,7 @@ import {
   type HostSettings,
   type VmConfig,
 } from '../../api/index.js';
-import type { VmRuntimePaths } from '../../qemu/argv.js';
+import { vmDisplay, type VmRuntimePaths } from '../../qemu/argv.js';
 import { settleOutgoing } from '../../qemu/migration.js';
 import { probeQemu, binaryId, QemuCapsSchema, type QemuCaps } from '../../qemu/probe.js';
 import { isQemuAlive, processAlive, spawnDetached } from '../../qemu/process.js';
@@ -27,6 +27,10 @@ export const RuntimeSchema = z.object({
   pid: z.number().int(),
   qmpSocket: z.string(),
   statusSocket: z.string(),
+  /** The serial port's socket (console); null for a QEMU started before Ferry had consoles. */
+  serialSocket: z.string().nullable().default(null),
+  /** QEMU's VNC server; null when the VM has no display (or was started before Ferry had consoles). */
+  vncSocket: z.string().nullable().default(null),
   startedAt: z.iso.datetime(),
   accel: z.string(),
   /** Set before Ferry stops the VM, so that the exit is not taken for a crash. */
@@ -74,6 +78,8 @@ export function newRuntime(
     pid,
     qmpSocket: paths.qmpSocket,
     statusSocket: paths.statusSocket,
+    serialSocket: paths.serialSocket ?? null,
+    vncSocket: paths.vncSocket ?? null,
     startedAt: new Date().toISOString(),
     accel,
     stopRequested: false,
@@ -141,10 +147,18 @@ export class LocalContext {
     return {
       qmpSocket: path.join(sock, `${id}.qmp`),
       statusSocket: path.join(sock, `${id}.st`),
+      serialSocket: path.join(sock, `${id}.ser`),
+      ...(vmDisplay(vm) === 'vga' ? { vncSocket: path.join(sock, `${id}.vnc`) } : {}),
       serialLog: path.join(this.vmDir(vm.name), 'serial.log'),
       pidFile: path.join(this.vmDir(vm.name), 'qemu.pid'),
       labGuestKernel: labGuestImage(),
     };
+  }
+  /** Every socket of a VM's QEMU (removed before a start and after a stop: QEMU leaves the VNC one). */
+  socketsOf(paths: VmRuntimePaths | Runtime): string[] {
+    return [paths.qmpSocket, paths.statusSocket, paths.serialSocket, paths.vncSocket].filter(
+      (s): s is string => typeof s === 'string',
+    );
   }
   qemuLog(name: string): string {
     return path.join(this.vmDir(name), 'qemu.log');

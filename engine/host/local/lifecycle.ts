@@ -328,6 +328,8 @@ export class Lifecycle {
         })),
         labGuest: req.labGuest,
         createdAt: new Date().toISOString(),
+        // New VMs get a screen (VGA, seen through QEMU's VNC server on a unix socket).
+        display: 'vga',
       };
       await writeJsonAtomic(this.ctx.configPath(req.name), VmConfigSchema.parse(vm));
     } catch (err) {
@@ -394,7 +396,7 @@ export class Lifecycle {
       }
       const paths = this.ctx.runtimePaths(vm);
       await ensureSocketDir(this.ctx.record.stateDir);
-      for (const s of [paths.qmpSocket, paths.statusSocket]) await fs.promises.rm(s, { force: true });
+      for (const s of this.ctx.socketsOf(paths)) await fs.promises.rm(s, { force: true });
       const log = this.ctx.qemuLog(name);
       const pid = await this.ctx.spawnQemu(
         facts.qemuBinary,
@@ -465,7 +467,7 @@ export class Lifecycle {
         if (!(await waitForExit(rt.pid, rt.qmpSocket, 10_000))) await killQemu(rt.pid, rt.qmpSocket);
       }
       await fs.promises.rm(this.ctx.runtimePath(name), { force: true });
-      for (const s of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(s, { force: true });
+      for (const s of this.ctx.socketsOf(rt)) await fs.promises.rm(s, { force: true });
     });
     return this.current(name);
   }

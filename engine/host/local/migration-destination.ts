@@ -66,7 +66,7 @@ export class MigrationDestination {
     }
     const paths = this.ctx.runtimePaths(vm);
     await ensureSocketDir(this.ctx.record.stateDir);
-    for (const sock of [paths.qmpSocket, paths.statusSocket]) await fs.promises.rm(sock, { force: true });
+    for (const sock of this.ctx.socketsOf(paths)) await fs.promises.rm(sock, { force: true });
     const log = this.ctx.qemuLog(vm.name);
     const argv = qemuArgv(vm, paths, { accel: facts.accel, incoming: true, paused: true, prealloc: true });
     // Through env(1), which execs QEMU in place (same pid, QEMU's own command line): spawnQemu takes
@@ -286,7 +286,7 @@ export class MigrationDestination {
       await this.ctx.settleSourceOf(name, rt.migration.id);
     if (rt) await killQemu(rt.pid, rt.qmpSocket);
     if (rt?.relayPid) await killQemu(rt.relayPid, this.relayPortFile(name)).catch(() => undefined);
-    if (rt) for (const sock of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(sock, { force: true });
+    if (rt) for (const sock of this.ctx.socketsOf(rt)) await fs.promises.rm(sock, { force: true });
     // Uncommitted, or committed by a Finish that never completed (the marker is still set).
     if (!(await this.ctx.hasVm(name)) || rt?.migration?.role === 'destination') {
       // Partial copies of a shared-nothing move: never leave them behind.

@@ -202,7 +202,7 @@ async function turnOff(ctx: LocalContext, name: string, rt: Runtime, qmp: QmpCli
   await qmp.execute('quit').catch(() => undefined);
   await qmp.close();
   if (!(await waitForExit(rt.pid, rt.qmpSocket, 10_000))) await killQemu(rt.pid, rt.qmpSocket);
-  for (const sock of [rt.qmpSocket, rt.statusSocket]) await fs.promises.rm(sock, { force: true });
+  for (const sock of ctx.socketsOf(rt)) await fs.promises.rm(sock, { force: true });
   // Keep the source's console history, as Confirm does.
   const serial = path.join(ctx.vmDir(name), 'serial.log');
   if (fs.existsSync(serial)) {
