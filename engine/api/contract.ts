@@ -8,6 +8,8 @@ import {
   MoveRequestSchema,
   PreflightReportSchema,
   QueueEntrySchema,
+  TuneChangeSchema,
+  TuneResultSchema,
 } from './migration.js';
 import {
   CreateVmRequestSchema,
@@ -148,6 +150,18 @@ export const api = {
   },
   startMove: { input: MoveRequestSchema, output: z.object({ id: z.string() }) },
   cancelMove: { input: z.object({ id: z.string() }).strict(), output: CancelResultSchema },
+  /**
+   * Tunes a running move in phases 2–3: bandwidth limit, downtime target, or the switch to post-copy
+   * (only for a move started with the post-copy capability). Refusals say why (`not-supported`).
+   */
+  tuneMove: {
+    input: TuneChangeSchema.extend({ id: z.string() })
+      .strict()
+      .refine((t) => t.bandwidthMiBs !== undefined || t.downtimeMs !== undefined || t.postcopy, {
+        message: 'give a bandwidth (MiB/s), a downtime target (ms), or postcopy',
+      }),
+    output: TuneResultSchema,
+  },
   listMigrations: { input: none, output: z.array(MigrationListItemSchema) },
   migration: { input: z.object({ id: z.string() }).strict(), output: MigrationRecordSchema },
   queue: { input: none, output: z.array(QueueEntrySchema) },

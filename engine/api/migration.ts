@@ -207,6 +207,46 @@ export const SummarySchema = z.object({
 });
 export type Summary = z.infer<typeof SummarySchema>;
 
+/**
+ * A change to a running move, asked by the administrator during phases 2–3 (`ferry move-tune`, the
+ * progress view): a new bandwidth limit, a new downtime target, or the switch to post-copy.
+ */
+export const TuneChangeSchema = z
+  .object({
+    bandwidthMiBs: z.number().int().min(1).max(1_000_000).optional(),
+    downtimeMs: z.number().int().min(1).max(60_000).optional(),
+    /** Only for a move started with QEMU's post-copy capability (the postcopy convergence policy). */
+    postcopy: z.literal(true).optional(),
+  })
+  .strict();
+export type TuneChange = z.infer<typeof TuneChangeSchema>;
+
+/** The settings a move runs with after a tune (null bandwidth: no limit). */
+export const TuneResultSchema = z
+  .object({
+    id: z.string(),
+    bandwidthMiBs: z.number().int().nullable(),
+    downtimeMs: z.number().int(),
+    postcopy: z.boolean(),
+    message: z.string(),
+  })
+  .strict();
+export type TuneResult = z.infer<typeof TuneResultSchema>;
+
+/**
+ * Why a move cannot switch to post-copy while it runs (null: it can). QEMU's capabilities are fixed once
+ * a migration starts, and Ferry asks for post-copy only with the postcopy convergence policy, which is
+ * never combined with multifd (in QEMU 7.2 multifd + post-copy loses the guest).
+ */
+export function postcopyUnavailable(
+  o: Pick<MoveOptions, 'convergence' | 'performance'> | null,
+): string | null {
+  if (!o) return 'the move has not started yet';
+  if (o.convergence === 'postcopy') return null;
+  const multifd = o.performance === 'compression' || o.performance === 'multichannel';
+  return `the move started without QEMU's post-copy capability (convergence policy "${o.convergence}"), and capabilities cannot change once a migration runs; post-copy needs a move started with the postcopy policy${multifd ? ' and TCP/IP (post-copy with multifd loses the guest in QEMU 7.2)' : ''}`;
+}
+
 const base = { id: z.string(), at: z.number() };
 export const MigrationEventSchema = z.discriminatedUnion('type', [
   z.object({
@@ -243,6 +283,8 @@ export const MigrationEventSchema = z.discriminatedUnion('type', [
     message: z.string(),
   }),
   z.object({ type: z.literal('log'), ...base, level: z.enum(['info', 'warn']), message: z.string() }),
+  /** The administrator changed the running move (ferry move-tune, the progress view): what, and to what. */
+  z.object({ type: z.literal('tuned'), ...base, change: TuneChangeSchema, message: z.string() }).strict(),
   SummarySchema.extend({ at: z.number() }),
 ]);
 export type MigrationEvent = z.infer<typeof MigrationEventSchema>;
@@ -273,7 +315,10 @@ export const MigrationRecordSchema = z.object({
     }),
   ),
   samples: z.array(SampleSchema),
-  events: z.array(z.object({ at: z.number(), type: z.string(), message: z.string() })),
+  events: z.array(
+    // `change`: a tune's new settings (type 'tuned'); absent in older records.
+    z.object({ at: z.number(), type: z.string(), message: z.string(), change: TuneChangeSchema.optional() }),
+  ),
   summary: SummarySchema.nullable(),
   /** The Ferry process running the move; a queued or running record whose owner is gone was abandoned. */
   ownerPid: z.number().int().optional(),

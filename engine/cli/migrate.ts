@@ -1,4 +1,4 @@
-// `ferry move`, `ferry cancel`, `ferry migrations`, `ferry queue` and `ferry host settings`.
+// `ferry move`, `ferry cancel`, `ferry move-tune`, `ferry migrations`, `ferry queue` and `ferry host settings`.
 import { Option, type Command } from 'commander';
 import { z } from 'zod';
 import {
@@ -53,6 +53,8 @@ function describe(e: MigrationEvent): string | null {
       return `! ${e.step}: ${e.message}`;
     case 'log':
       return `${e.level === 'warn' ? 'warning: ' : ''}${e.message}`;
+    case 'tuned':
+      return `* ${e.message}`;
     case 'summary':
       return summaryText(e);
   }
@@ -362,6 +364,31 @@ export function registerMigrationCommands(program: Command, io: Io, inv: Invento
       if (!r.accepted) throw new FerryError('cancel-refused', `cannot cancel ${id}: ${r.reason}`);
       say(`cancel requested for ${id}`);
     });
+
+  program
+    .command('move-tune <id>')
+    .description('tune a running move in phases 2–3: bandwidth, downtime target, or switch to post-copy')
+    .addOption(new Option('--bandwidth <MiB/s>', 'new bandwidth limit').argParser(int(1, 1_000_000)))
+    .addOption(new Option('--downtime <ms>', 'new downtime target').argParser(int(1, 60_000)))
+    .option('--postcopy', 'switch to post-copy (only a move started with --convergence postcopy)')
+    .option('--json', 'the settings the move runs with now, as JSON on stdout')
+    .action(
+      async (
+        id: string,
+        o: { bandwidth?: number; downtime?: number; postcopy?: boolean; json?: boolean },
+      ) => {
+        const r = await manager().tune(id, {
+          ...(o.bandwidth !== undefined ? { bandwidthMiBs: o.bandwidth } : {}),
+          ...(o.downtime !== undefined ? { downtimeMs: o.downtime } : {}),
+          ...(o.postcopy ? { postcopy: true as const } : {}),
+        });
+        if (o.json) return json(r);
+        say(`${id}: ${r.message}`);
+        io.out(
+          `bandwidth ${r.bandwidthMiBs === null ? 'unlimited' : `${r.bandwidthMiBs} MiB/s`}, downtime target ${r.downtimeMs} ms${r.postcopy ? ', post-copy' : ''}\n`,
+        );
+      },
+    );
 
   program
     .command('migrations')

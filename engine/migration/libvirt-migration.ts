@@ -27,13 +27,14 @@ import { LibvirtError, paramNumber } from '../libvirt/client.js';
 import { DomainEventId, LifecycleEvent, MigrateFlags } from '../libvirt/protocol.js';
 import type { LibvirtHost } from '../host/libvirt/libvirt-host.js';
 import { createImage, deleteImage } from '../host/libvirt/storage.js';
-import { ConvergenceWatch, type ConvergenceAction } from './convergence.js';
+import type { ConvergenceAction } from './convergence.js';
 import type { LibvirtMovePlan } from './libvirt-preflight.js';
 import { parseLabGuestSerial } from '../host/lab-guest.js';
 import {
   Cancelled,
   PhaseClock,
   phaseDurations,
+  Tuning,
   waitForHeartbeat,
   type MoveContext,
 } from './live-migration.js';
@@ -171,8 +172,23 @@ export async function libvirtMigration(
       })
       .finally(() => (performDone = true));
 
-    const watch = new ConvergenceWatch(ctx.options);
     let downtimeLimit = ctx.options.downtimeMs;
+    // The administrator's tunes while Perform runs, on the source's domain (as on Ferry's own hosts,
+    // they win over the policy: see Tuning).
+    const tuning = new Tuning(ctx.options);
+    const applyTunes = (): Promise<void> =>
+      tuning.apply(ctx, {
+        downtimeMs: () => downtimeLimit,
+        blocked: () => (stoppedAt !== null ? 'the source is already paused for the switch-over' : null),
+        set: async (p) => {
+          if (p.bandwidthMiBs !== undefined) await src.domainMigrateSetMaxSpeed(dom, p.bandwidthMiBs);
+          if (p.downtimeMs !== undefined) {
+            await src.domainMigrateSetMaxDowntime(dom, p.downtimeMs);
+            downtimeLimit = p.downtimeMs;
+          }
+        },
+        startPostcopy: () => src.domainMigrateStartPostCopy(dom, 0),
+      });
     let lastBytes = -1;
     let growthAt = ctx.now();
     let prev: { at: number; bytes: number } | null = null;
@@ -237,9 +253,13 @@ export async function libvirtMigration(
         prev = { at: t, bytes };
         const sample = sampleOf(last, t, Math.max(2, clock.current), pass, rate, downtimeLimit);
         if (clock.current >= 2) ctx.emit({ type: 'sample', sample });
+        if (clock.current >= 2 && clock.current <= 3 && !aborting && !cancelled) {
+          ctx.tuning?.open();
+          await applyTunes();
+        }
         const action: ConvergenceAction =
-          clock.current >= 2 && !aborting && !cancelled
-            ? watch.observe({
+          clock.current >= 2 && !aborting && !cancelled && !tuning.postcopyAsked
+            ? tuning.watch.observe({
                 passes: pass,
                 remaining: num(last, 'memory_remaining'),
                 expectedDowntimeMs: sample.expectedDowntimeMs,
@@ -253,6 +273,7 @@ export async function libvirtMigration(
           ctx.emit({ type: 'escalation', step: 'raise-downtime', message: action.message });
         } else if (action.kind === 'postcopy') {
           ctx.emit({ type: 'escalation', step: 'postcopy', message: action.message });
+          tuning.postcopyAsked = true;
           await src.domainMigrateStartPostCopy(dom, 0);
         } else if (action.kind === 'throttle') {
           ctx.emit({ type: 'escalation', step: 'throttle', message: action.message });
@@ -264,6 +285,7 @@ export async function libvirtMigration(
       }
       await Promise.race([perform, sleep(SAMPLE_MS)]);
     }
+    await ctx.tuning?.close(`the memory copy is over: ${name} is switching over to ${dest.name}`);
     const performCookie = await perform;
     if (performCookie === null) {
       if (cancelled) throw new Cancelled();

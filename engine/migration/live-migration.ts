@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   FerryError,
   PHASES,
+  postcopyUnavailable,
   type MigrationEvent,
   type MoveOptions,
   type MoveRequestParsed,
@@ -22,6 +23,8 @@ import {
   type PhaseName,
   type Sample,
   type Summary,
+  type TuneChange,
+  type TuneResult,
   type VmConfig,
 } from '../api/index.js';
 import type { DiskJob, HostDriver, OutgoingStats } from '../host/driver.js';
@@ -59,6 +62,138 @@ export interface MoveContext {
   onPhase: (phase: number) => void;
   /** Shared-nothing (R3): the disks the destination creates, its configuration, what the source deletes. */
   storage: SharedNothing | null;
+  /** The administrator's tunes (ferry move-tune, the progress view), carried out by the move's loop. */
+  tuning?: TuneInbox;
+}
+
+/** A tune waiting for the move's loop. */
+export interface PendingTune {
+  change: TuneChange;
+  resolve: (r: TuneResult) => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * Tunes of a running move, handed to its loop: the loop carries them out between its looks at QEMU
+ * (or libvirt), so they are ordered with the convergence policy's own steps in the event stream and
+ * never race its calls. Open while the memory copy runs (phases 2–3); closed, every waiting tune is
+ * refused with the reason. `remote`: tunes asked by other Ferry processes (the manager's request file).
+ */
+export class TuneInbox {
+  private state: 'before' | 'open' | 'closed' = 'before';
+  private why = 'the memory copy (phase 2) has not begun yet';
+  private readonly queue: PendingTune[] = [];
+
+  constructor(private readonly remote: () => Promise<PendingTune[]> = async () => []) {}
+
+  /** Why a tune is refused now; null while the loop takes them. */
+  get closedReason(): string | null {
+    return this.state === 'open' ? null : this.why;
+  }
+
+  submit(change: TuneChange): Promise<TuneResult> {
+    const why = this.closedReason;
+    if (why !== null) return Promise.reject(new FerryError('not-supported', `cannot tune the move: ${why}`));
+    return new Promise((resolve, reject) => this.queue.push({ change, resolve, reject }));
+  }
+
+  open(): void {
+    if (this.state === 'before') this.state = 'open';
+  }
+
+  async take(): Promise<PendingTune[]> {
+    return [...this.queue.splice(0), ...(await this.remote().catch(() => []))];
+  }
+
+  async close(why: string): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.why = why;
+    for (const t of await this.take())
+      t.reject(new FerryError('not-supported', `cannot tune the move: ${why}`));
+  }
+}
+
+/** "bandwidth limit 8 → 512 MiB/s, downtime target 300 → 2000 ms, switching to post-copy". */
+export function tuneMessage(
+  c: TuneChange,
+  before: { bandwidthMiBs: number | null; downtimeMs: number },
+): string {
+  const parts: string[] = [];
+  if (c.bandwidthMiBs !== undefined)
+    parts.push(`bandwidth limit ${before.bandwidthMiBs ?? 'unlimited'} → ${c.bandwidthMiBs} MiB/s`);
+  if (c.downtimeMs !== undefined) parts.push(`downtime target ${before.downtimeMs} → ${c.downtimeMs} ms`);
+  if (c.postcopy) parts.push('switching to post-copy');
+  return `tuned by the administrator: ${parts.join(', ')}`;
+}
+
+/**
+ * What a move's loop keeps while the administrator tunes it (both runners). A tune wins over the
+ * convergence policy, which never undoes it: a new downtime target becomes the policy's ceiling (it
+ * raises no further, and goes on to its next step, post-copy or abort, once the move is stuck there),
+ * and any change gives the policy a fresh look (passes without progress counted from the new
+ * settings). The throttle policy keeps its watch: it only reports QEMU's auto-converge.
+ */
+export class Tuning {
+  bandwidthMiBs: number | null;
+  pinnedDowntimeMs: number | null = null;
+  /** Post-copy was started (by a tune or by the policy): the policy's watch is no longer asked. */
+  postcopyAsked = false;
+  watch: ConvergenceWatch;
+
+  constructor(private readonly options: MoveOptions) {
+    this.bandwidthMiBs = options.bandwidthMiBs;
+    this.watch = new ConvergenceWatch(options);
+  }
+
+  /**
+   * Carries out the waiting tunes, each answered with the settings the move runs with afterwards.
+   * `blocked`: why post-copy cannot start now beyond the capability (the source already paused).
+   */
+  async apply(
+    ctx: MoveContext,
+    ops: {
+      downtimeMs: () => number;
+      blocked: () => string | null;
+      set: (p: { bandwidthMiBs?: number; downtimeMs?: number }) => Promise<void>;
+      startPostcopy: () => Promise<void>;
+    },
+  ): Promise<void> {
+    for (const t of (await ctx.tuning?.take()) ?? []) {
+      try {
+        const c = t.change;
+        const why = !c.postcopy
+          ? null
+          : (postcopyUnavailable(this.options) ??
+            (this.postcopyAsked ? 'the move has already switched to post-copy' : ops.blocked()));
+        if (why) throw new FerryError('not-supported', `cannot switch to post-copy: ${why}`);
+        const message = tuneMessage(c, { bandwidthMiBs: this.bandwidthMiBs, downtimeMs: ops.downtimeMs() });
+        if (c.bandwidthMiBs !== undefined || c.downtimeMs !== undefined)
+          await ops.set({ bandwidthMiBs: c.bandwidthMiBs, downtimeMs: c.downtimeMs });
+        this.bandwidthMiBs = c.bandwidthMiBs ?? this.bandwidthMiBs;
+        this.pinnedDowntimeMs = c.downtimeMs ?? this.pinnedDowntimeMs;
+        if (this.options.convergence !== 'throttle')
+          this.watch = new ConvergenceWatch({
+            ...this.options,
+            downtimeCeilingMs: this.pinnedDowntimeMs ?? this.options.downtimeCeilingMs,
+          });
+        ctx.emit({ type: 'tuned', change: c, message });
+        if (c.postcopy) {
+          this.postcopyAsked = true;
+          await ops.startPostcopy();
+        }
+        t.resolve({
+          id: ctx.id,
+          bandwidthMiBs: this.bandwidthMiBs,
+          downtimeMs: c.downtimeMs ?? ops.downtimeMs(),
+          postcopy: this.postcopyAsked,
+          message,
+        });
+      } catch (err) {
+        t.reject(err as Error);
+      }
+    }
+  }
 }
 
 export interface SharedNothing {
@@ -265,7 +400,21 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
       parameters: plan.sourceParameters,
       uri,
     });
-    const watch = new ConvergenceWatch(options);
+    // The administrator's tunes (phases 2–3), carried out between the loop's looks at QEMU: QMP
+    // migrate-set-parameters (applied within ~0.1 s) and migrate-start-postcopy on the source.
+    const tuning = new Tuning(options);
+    const applyTunes = (phase: number): Promise<void> =>
+      tuning.apply(ctx, {
+        downtimeMs: () => last?.downtimeLimitMs ?? options.downtimeMs,
+        blocked: () => (phase > 2 ? 'the source is already paused for the switch-over (phase 3)' : null),
+        set: (p) =>
+          source.setOutgoingParameters(name, {
+            ...(p.bandwidthMiBs !== undefined ? { 'max-bandwidth': p.bandwidthMiBs * 1024 * 1024 } : {}),
+            ...(p.downtimeMs !== undefined ? { 'downtime-limit': p.downtimeMs } : {}),
+          }),
+        startPostcopy: () => source.startPostcopy(name),
+      });
+    ctx.tuning?.open();
     let lastSampleAt = -Infinity;
     let lastBytes = 0;
     let lastGrowthAt = ctx.now();
@@ -311,13 +460,15 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
           `the migration stalled: no bytes sent for ${Math.round((t - lastGrowthAt) / 1000)} s (link down or peer frozen)`,
         );
       }
-      if (st.status === 'active') {
-        const action = watch.observe(st);
+      await applyTunes(2);
+      if (st.status === 'active' && !tuning.postcopyAsked) {
+        const action = tuning.watch.observe(st);
         if (action.kind === 'raise-downtime') {
           await source.setOutgoingParameters(name, { 'downtime-limit': action.downtimeMs });
           ctx.emit({ type: 'escalation', step: 'raise-downtime', message: action.message });
         } else if (action.kind === 'postcopy') {
           ctx.emit({ type: 'escalation', step: 'postcopy', message: action.message });
+          tuning.postcopyAsked = true;
           await source.startPostcopy(name);
         } else if (action.kind === 'throttle') {
           ctx.emit({ type: 'escalation', step: 'throttle', message: action.message });
@@ -367,8 +518,12 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
           `QEMU reports the migration ${st.status} during the final copy${st.error ? `: ${st.error}` : ''}`,
         );
       }
+      await applyTunes(3); // a new bandwidth limit still speeds the final copy
       await sleep(5);
     }
+    await ctx.tuning?.close(
+      `the memory copy is over (phase 3 ended): ${name} is switching over to ${dest.name}`,
+    );
     completed = true;
     stoppedAt = last.stoppedAt;
     ctx.emit({ type: 'sample', sample: sampleOf(last, ctx.now(), 3, 0) });
@@ -469,6 +624,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     const cancelled = err instanceof Cancelled;
     const reason = cancelled ? 'cancelled by the administrator' : (err as Error).message;
     clock.stop();
+    void ctx.tuning?.close(`the move is ending (${reason})`);
     if (postcopy && destRunning) {
       // Part of the guest's memory is still on the source: keep both for QEMU's post-copy recovery
       // (migrate-pause / migrate-recover), never resume or kill the source here.

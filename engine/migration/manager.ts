@@ -1,27 +1,46 @@
 // Starts, queues, cancels and records moves, and fans their events out to every listener (the CLI,
 // the desktop app's IPC, the web mode's WebSocket). Knows nothing of those transports.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import {
+  ERROR_CODES,
   FerryError,
   MoveRequestSchema,
   PHASES,
+  postcopyUnavailable,
+  TuneChangeSchema,
+  TuneResultSchema,
+  type ErrorCode,
   type MigrationEvent,
+  type MoveOptions,
   type MigrationRecord,
   type MoveRequest,
   type MoveRequestParsed,
   type PreflightReport,
   type QueueEntry,
   type Summary,
+  type TuneChange,
+  type TuneResult,
   type VmConfig,
 } from '../api/index.js';
 import type { HostDriver } from '../host/driver.js';
 import type { Inventory } from '../host/inventory.js';
 import { LibvirtHost } from '../host/libvirt/libvirt-host.js';
 import { LocalHost } from '../host/local/local-host.js';
+import { writeJsonAtomic } from '../host/store.js';
 import { History, isAbandoned } from './history.js';
 import { libvirtMigration } from './libvirt-migration.js';
-import { liveMigration, type EventSink, type MoveContext, type SharedNothing } from './live-migration.js';
+import {
+  liveMigration,
+  TuneInbox,
+  type EventSink,
+  type MoveContext,
+  type PendingTune,
+  type SharedNothing,
+} from './live-migration.js';
 import { storageMove } from './storage-move.js';
 import { fixedCosts } from './estimate.js';
 import { preflight, type DiskTarget } from './preflight.js';
@@ -37,13 +56,27 @@ export interface StartedMove {
 
 /** How often a running move's record is written while samples arrive. */
 const PERSIST_MS = 1000;
+/** How long `ferry move-tune` waits for the Ferry process running the move to answer. */
+const TUNE_ANSWER_MS = 10_000;
+
+/** A tune from another process: a file beside the record, answered in a file of its own. */
+const TuneRequestFileSchema = z
+  .object({ nonce: z.string().regex(/^[0-9a-f]{16}$/), change: TuneChangeSchema })
+  .strict();
+const TuneAnswerFileSchema = z.union([
+  z.object({ ok: z.literal(true), result: TuneResultSchema }).strict(),
+  z.object({ ok: z.literal(false), code: z.string(), message: z.string() }).strict(),
+]);
 
 export class MigrationManager {
   readonly history: History;
   readonly scheduler: Scheduler;
   private readonly listeners = new Set<Listener>();
-  /** Moves run by this process: their phase, and whether a cancel was asked for. */
-  private readonly local = new Map<string, { phase: number; cancel: boolean; queued: boolean }>();
+  /** Moves run by this process: their phase, whether a cancel was asked for, their tunes. */
+  private readonly local = new Map<
+    string,
+    { phase: number; cancel: boolean; queued: boolean; tuning: TuneInbox; rec: MigrationRecord }
+  >();
   private readonly running = new Map<string, Promise<Summary>>();
 
   constructor(private readonly inv: Inventory) {
@@ -156,7 +189,13 @@ export class MigrationManager {
       summary: null,
       ownerPid: process.pid,
     };
-    const state = { phase: 0, cancel: false, queued: false };
+    const state = {
+      phase: 0,
+      cancel: false,
+      queued: false,
+      tuning: new TuneInbox(() => this.remoteTunes(id)),
+      rec,
+    };
     this.local.set(id, state);
     let lastPersist = 0;
     // Saves run one after another, so an older snapshot never lands after the final one.
@@ -222,6 +261,7 @@ export class MigrationManager {
             void this.scheduler.setPhase(id, phase).catch(() => undefined);
           },
           storage: req.includeStorage && !libvirt ? sharedNothing(vm, targets, req.keepSource) : null,
+          tuning: req.kind === 'live' ? state.tuning : undefined,
         };
         if (req.kind === 'storage') return await storageMove(ctx, targets);
         if (libvirt && source instanceof LibvirtHost && dest instanceof LibvirtHost) {
@@ -238,6 +278,7 @@ export class MigrationManager {
     };
 
     const done = run().then(async (s) => {
+      await state.tuning.close(`the move is over (${s.status})`);
       emit(s);
       rec.summary = s;
       rec.status = s.status;
@@ -298,9 +339,146 @@ export class MigrationManager {
     return { id, accepted: true, reason: null };
   }
 
+  /**
+   * Tunes a running move in phases 2–3, from this process or any other sharing FERRY_HOME (a request
+   * file beside the record, which the move's loop picks up as it looks for a cancel, and answers).
+   * Refused, with the reason, for a move that is queued, over, past phase 3 or a storage-only move, and
+   * for post-copy where the move started without QEMU's post-copy capability.
+   */
+  async tune(id: string, change: TuneChange): Promise<TuneResult> {
+    if (change.bandwidthMiBs === undefined && change.downtimeMs === undefined && !change.postcopy)
+      throw new FerryError('bad-input', 'give a bandwidth (MiB/s), a downtime target (ms), or post-copy');
+    const mine = this.local.get(id);
+    const refuse = async (): Promise<string | null> => {
+      let phase: number;
+      let status: string;
+      let rec: Pick<MigrationRecord, 'kind' | 'options'>;
+      if (mine) {
+        ({ phase, rec } = mine);
+        status = mine.queued ? 'queued' : mine.rec.status;
+      } else {
+        rec = await this.history.get(id);
+        const q = (await this.scheduler.list()).find((e) => e.id === id);
+        phase = q?.phase ?? (rec as MigrationRecord).phase;
+        status = q ? q.state : (rec as MigrationRecord).status;
+      }
+      return tuneRefusal(status, phase, rec.kind, rec.options, change);
+    };
+    const why = await refuse();
+    if (why) throw new FerryError('not-supported', `cannot tune ${id}: ${why}`);
+    if (mine) return mine.tuning.submit(change);
+    try {
+      return await this.tuneRemote(id, change);
+    } catch (err) {
+      // No answer, or the move moved on meanwhile: say where it is now.
+      const now = await refuse().catch(() => null);
+      if (now && !(err instanceof FerryError && err.code === 'not-supported'))
+        throw new FerryError('not-supported', `cannot tune ${id}: ${now}`);
+      throw err;
+    }
+  }
+
+  private tuneFile(id: string): string {
+    this.history.cancelFile(id); // validates the id
+    return path.join(this.history.dir, `${id}.tune`);
+  }
+
+  /** Another process's tune of a move this one runs, taken from its request file (one at a time). */
+  private async remoteTunes(id: string): Promise<PendingTune[]> {
+    const file = this.tuneFile(id);
+    if (!fs.existsSync(file)) return [];
+    const text = await fs.promises.readFile(file, 'utf8').catch(() => null);
+    await fs.promises.rm(file, { force: true });
+    let parsed: z.infer<typeof TuneRequestFileSchema>;
+    try {
+      parsed = TuneRequestFileSchema.parse(JSON.parse(text ?? ''));
+    } catch {
+      return []; // not a request Ferry wrote; nobody to answer
+    }
+    const answerFile = `${file}-${parsed.nonce}.answer`;
+    const answer = (a: z.infer<typeof TuneAnswerFileSchema>): void =>
+      void writeJsonAtomic(answerFile, a).catch(() => undefined);
+    return [
+      {
+        change: parsed.change,
+        resolve: (result) => answer({ ok: true, result }),
+        reject: (err) =>
+          answer({
+            ok: false,
+            code: err instanceof FerryError ? err.code : 'internal',
+            message: err.message,
+          }),
+      },
+    ];
+  }
+
+  /** Asks the Ferry process running a move to tune it, and waits for its answer. */
+  private async tuneRemote(id: string, change: TuneChange): Promise<TuneResult> {
+    const file = this.tuneFile(id);
+    const nonce = crypto.randomBytes(8).toString('hex');
+    const answerFile = `${file}-${nonce}.answer`;
+    const draft = `${file}.${nonce}.draft`;
+    await fs.promises.writeFile(draft, JSON.stringify({ nonce, change }), { mode: 0o600, flag: 'wx' });
+    const deadline = Date.now() + TUNE_ANSWER_MS;
+    try {
+      // Published whole, and only where no other tune waits (link fails on an existing file).
+      for (;;) {
+        try {
+          await fs.promises.link(draft, file);
+          break;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || Date.now() > deadline) throw err;
+          await sleep(50);
+        }
+      }
+    } finally {
+      await fs.promises.rm(draft, { force: true });
+    }
+    while (Date.now() < deadline) {
+      const text = await fs.promises.readFile(answerFile, 'utf8').catch(() => null);
+      if (text !== null) {
+        await fs.promises.rm(answerFile, { force: true });
+        const a = TuneAnswerFileSchema.parse(JSON.parse(text));
+        if (a.ok) return a.result;
+        const code = (ERROR_CODES as string[]).includes(a.code) ? (a.code as ErrorCode) : 'internal';
+        throw new FerryError(code, a.message);
+      }
+      await sleep(50);
+    }
+    // Nobody took it: take the request back if it is still ours.
+    const left = await fs.promises.readFile(file, 'utf8').catch(() => '');
+    if (left.includes(nonce)) await fs.promises.rm(file, { force: true });
+    throw new FerryError(
+      'migration-failed',
+      `the Ferry process running ${id} did not answer the tune within ${TUNE_ANSWER_MS / 1000} s`,
+    );
+  }
+
   queue(): Promise<QueueEntry[]> {
     return this.scheduler.list();
   }
+}
+
+/** Why a move cannot be tuned now (null: it can): its status, phase and kind, and post-copy's capability. */
+export function tuneRefusal(
+  status: string,
+  phase: number,
+  kind: MigrationRecord['kind'],
+  options: MoveOptions | null,
+  change: TuneChange,
+): string | null {
+  if (status === 'queued') return 'it is still queued: tuning applies to the memory copy (phases 2–3)';
+  if (status !== 'running') return `the move is already over (${status})`;
+  if (kind === 'storage') return 'a storage-only move has no memory copy to tune';
+  if (phase > 3)
+    return `phase ${phase} (${PHASES[phase - 1]!.title}) has begun: the memory copy is over and the VM runs on the destination`;
+  if (phase < 2)
+    return `it is in phase ${Math.max(phase, 1)} (${PHASES[Math.max(phase, 1) - 1]!.title}): tuning applies to the memory copy (phases 2–3)`;
+  if (change.postcopy) {
+    const why = postcopyUnavailable(options);
+    if (why) return `post-copy is not available: ${why}`;
+  }
+  return null;
 }
 
 /** Shared-nothing: the destination's copy of each disk at its target, and what the source deletes after. */
@@ -340,6 +518,9 @@ function record(rec: MigrationRecord, e: MigrationEvent): void {
       break;
     case 'queued':
       rec.events.push({ at: e.at, type: 'queued', message: `queued at position ${e.position}` });
+      break;
+    case 'tuned':
+      rec.events.push({ at: e.at, type: 'tuned', message: e.message, change: e.change });
       break;
     default:
       break;

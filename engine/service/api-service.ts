@@ -334,6 +334,7 @@ export class ApiService {
         return { id: started.id };
       },
       cancelMove: ({ id }) => manager.cancel(id),
+      tuneMove: ({ id, ...change }) => manager.tune(id, change),
       listMigrations: async () => {
         await recoverAbandonedMoves(inv);
         return (await manager.history.list()).map(({ samples: _samples, ...rest }) => rest);

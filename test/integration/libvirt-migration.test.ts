@@ -210,6 +210,48 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
     await stillBeating('mv');
   });
 
+  it('a move tuned from another process in phase 2: bandwidth and downtime target on the source domain; post-copy refused', async () => {
+    const [from, to] = (await domainNames(lab1)).includes('mv') ? [lab1, 'lab2'] : [lab2, 'lab1'];
+    // 1 MiB/s: phase 2 lasts until the tune lifts the limit.
+    const child = spawnFerry(home, ['move', 'mv', '--to', to, '--bandwidth', '1', '--json']);
+    const started = await waitFor('phase 2', async () =>
+      child.events().find((e) => e.type === 'phase' && e.phase === 2 && e.state === 'started'),
+    );
+    const postcopy = await ferry(home, ['move-tune', started.id, '--postcopy']);
+    expect(postcopy.code).toBe(2);
+    expect(postcopy.stderr).toMatch(
+      /post-copy is not available: the move started without QEMU's post-copy capability/,
+    );
+    const tune = await ferry(home, [
+      'move-tune',
+      started.id,
+      '--bandwidth',
+      '1000',
+      '--downtime',
+      '400',
+      '--json',
+    ]);
+    expect(tune.code, tune.stderr).toBe(0);
+    expect(JSON.parse(tune.stdout)).toMatchObject({ bandwidthMiBs: 1000, downtimeMs: 400, postcopy: false });
+    expect(await virsh(from.uris.tcp, 'migrate-getspeed', 'mv')).toBe('1000');
+    const { events } = await child.done;
+    expect(summaryOf(events).status).toBe('completed');
+    const tuned = events.filter((e) => e.type === 'tuned');
+    expect(tuned).toEqual([expect.objectContaining({ change: { bandwidthMiBs: 1000, downtimeMs: 400 } })]);
+    const at = events.indexOf(tuned[0]!);
+    const phase4 = events.findIndex((e) => e.type === 'phase' && e.phase === 4 && e.state === 'started');
+    expect(at).toBeLessThan(phase4);
+    const later = events.slice(at).flatMap((e) => (e.type === 'sample' ? [e.sample.downtimeLimitMs] : []));
+    expect(later.length).toBeGreaterThan(0);
+    expect(later.every((d) => d === 400)).toBe(true);
+    // Over: refused with the reason. Then back where the tests below expect it.
+    const late = await ferry(home, ['move-tune', started.id, '--bandwidth', '10']);
+    expect(late.code).toBe(2);
+    expect(late.stderr).toMatch(/the move is already over \(completed\)/);
+    const back = await ferry(home, ['move', 'mv', '--to', from === lab1 ? 'lab1' : 'lab2']);
+    expect(back.code, back.stderr).toBe(0);
+  });
+
   it('refuses to move a VM while another libvirt job runs on it, names the job, and changes nothing', async () => {
     // An administrator's own `virsh migrate`, crawling at 1 MiB/s, holds the domain's migration job.
     const [from, to] = (await domainNames(lab1)).includes('mv') ? [lab1, lab2] : [lab2, lab1];

@@ -10,6 +10,7 @@ import { Inventory } from '../../engine/host/inventory.js';
 import { parseLabGuestSerial } from '../../engine/host/lab-guest.js';
 import { MigrationManager } from '../../engine/migration/manager.js';
 import { isQemuAlive } from '../../engine/qemu/process.js';
+import { QmpClient } from '../../engine/qemu/qmp.js';
 import { ferry, guestReport, REPO, tempHome, waitFor, waitForPasses } from '../helpers.js';
 
 let home: string;
@@ -483,5 +484,155 @@ describe('a mover that dies', () => {
     // And it can move again.
     const again = await move({ vm: 'slow', to, performance: 'tcp' });
     expect(again.summary.status, again.summary.reason ?? '').toBe('completed');
+  });
+});
+
+describe('tuning a running move', () => {
+  // The slow VM of the tests above (made here when this block runs alone): 64 MiB rewritten
+  // continuously, moved through an 8 MiB/s cap, so phase 2 lasts until a tune lifts the cap.
+  beforeAll(async () => {
+    if (await inv.locate('slow').catch(() => null)) return;
+    await inv.createVm({
+      name: 'slow',
+      host: 'lab1',
+      memoryMiB: 256,
+      labGuest: { workingSetMiB: 64, dirtyRateMiBs: 0 },
+    });
+    await (await inv.host('lab1')).startVm('slow');
+  });
+
+  /** QEMU's own migration parameters on the source, over the VM's status monitor (not Ferry's session). */
+  async function qemuParameters(host: string): Promise<{ bandwidth: number; downtime: number }> {
+    const rt = JSON.parse(
+      fs.readFileSync(path.join(home, 'hosts', host, 'vms', 'slow', 'runtime.json'), 'utf8'),
+    ) as { statusSocket: string };
+    const qmp = await QmpClient.connect(rt.statusSocket, { timeoutMs: 5000 });
+    try {
+      const p = await qmp.execute<{ 'max-bandwidth': number; 'downtime-limit': number }>(
+        'query-migrate-parameters',
+      );
+      return { bandwidth: p['max-bandwidth'] / 1048576, downtime: p['downtime-limit'] };
+    } finally {
+      await qmp.close();
+    }
+  }
+
+  it('ferry move-tune from another process: post-copy refused without the capability, then bandwidth and downtime in phase 2; refused once over', async () => {
+    const from = (await inv.locate('slow')).name;
+    const to = from === 'lab1' ? 'lab2' : 'lab1';
+    type Step = { postcopy: Awaited<ReturnType<typeof ferry>>; tune: Awaited<ReturnType<typeof ferry>> };
+    let step: (Step & { before: object; after: object }) | null = null;
+    let asked = false;
+    const m = await move(
+      {
+        vm: 'slow',
+        to,
+        performance: 'tcp',
+        bandwidthMiBs: 8,
+        downtimeMs: 300,
+        convergence: 'raise-downtime',
+      },
+      async (e, id) => {
+        if (asked || e.type !== 'sample' || e.sample.phase !== 2 || e.sample.bytesSent < 2 * 1048576) return;
+        asked = true;
+        const postcopy = await ferry(home, ['move-tune', id, '--postcopy']);
+        const before = await qemuParameters(from);
+        const tune = await ferry(home, [
+          'move-tune',
+          id,
+          '--bandwidth',
+          '1024',
+          '--downtime',
+          '1500',
+          '--json',
+        ]);
+        const after = await qemuParameters(from);
+        step = { postcopy, tune, before, after };
+      },
+    );
+    expect(m.summary.status, m.summary.reason ?? '').toBe('completed');
+    const s = step as (Step & { before: object; after: object }) | null;
+    expect(s).not.toBeNull();
+    // Post-copy: refused with the reason (exit 2), nothing changed, the move went on.
+    expect(s!.postcopy.code).toBe(2);
+    expect(s!.postcopy.stderr).toMatch(
+      /cannot tune m-[0-9a-z-]+: post-copy is not available: the move started without QEMU's post-copy capability \(convergence policy "raise-downtime"\)/,
+    );
+    expect(s!.before).toEqual({ bandwidth: 8, downtime: 300 });
+    // The tune: applied, answered with the settings, and visible in QEMU's parameters.
+    expect(s!.tune.code, s!.tune.stderr).toBe(0);
+    expect(JSON.parse(s!.tune.stdout)).toMatchObject({
+      id: m.id,
+      bandwidthMiBs: 1024,
+      downtimeMs: 1500,
+      postcopy: false,
+    });
+    expect(s!.after).toEqual({ bandwidth: 1024, downtime: 1500 });
+    // In the event stream, once, in phase 2, before the cut-over; samples after it carry the new target.
+    const tuned = m.events.filter((e) => e.type === 'tuned');
+    expect(tuned).toEqual([
+      expect.objectContaining({
+        change: { bandwidthMiBs: 1024, downtimeMs: 1500 },
+        message: 'tuned by the administrator: bandwidth limit 8 → 1024 MiB/s, downtime target 300 → 1500 ms',
+      }),
+    ]);
+    const at = m.events.indexOf(tuned[0]!);
+    const index = (phase: number): number =>
+      m.events.findIndex((e) => e.type === 'phase' && e.phase === phase && e.state === 'started');
+    expect(index(2)).toBeLessThan(at);
+    expect(at).toBeLessThan(index(3));
+    const later = m.events.slice(at).filter((e) => e.type === 'sample');
+    expect(later.length).toBeGreaterThan(0);
+    expect(later.every((e) => e.type === 'sample' && e.sample.downtimeLimitMs === 1500)).toBe(true);
+    expect(m.events.some((e) => e.type === 'escalation' && e.at > tuned[0]!.at)).toBe(false);
+    // The history keeps it, with the values.
+    const rec = await manager.history.get(m.id);
+    expect(rec.events.filter((e) => e.type === 'tuned')).toEqual([
+      expect.objectContaining({ change: { bandwidthMiBs: 1024, downtimeMs: 1500 } }),
+    ]);
+    // Over: refused with the reason, from the CLI and from the API's manager.
+    const late = await ferry(home, ['move-tune', m.id, '--bandwidth', '100']);
+    expect(late.code).toBe(2);
+    expect(late.stderr).toMatch(/cannot tune m-[0-9a-z-]+: the move is already over \(completed\)/);
+    await expect(manager.tune(m.id, { downtimeMs: 100 })).rejects.toMatchObject({
+      code: 'not-supported',
+      message: expect.stringMatching(/the move is already over \(completed\)/),
+    });
+    expect((await (await inv.host(to)).vmInfo('slow')).state).toBe('running');
+  });
+
+  it('switches to post-copy on request where the move started with the capability (the API in-process)', async () => {
+    const from = (await inv.locate('slow')).name;
+    const to = from === 'lab1' ? 'lab2' : 'lab1';
+    const lastPass = (await guestReport(inv, 'slow')).heartbeats.at(-1)?.pass ?? 0;
+    let answer: Promise<unknown> | null = null;
+    const m = await move(
+      { vm: 'slow', to, performance: 'tcp', bandwidthMiBs: 8, convergence: 'postcopy' },
+      (e, id) => {
+        if (!answer && e.type === 'sample' && e.sample.phase === 2 && e.sample.bytesSent >= 2 * 1048576)
+          answer = manager.tune(id, { postcopy: true }).catch((err: unknown) => err);
+      },
+    );
+    expect(m.summary.status, m.summary.reason ?? '').toBe('completed');
+    expect(await answer).toMatchObject({ id: m.id, postcopy: true, bandwidthMiBs: 8 });
+    const steps = m.events
+      .filter(
+        (e) => e.type === 'tuned' || e.type === 'escalation' || (e.type === 'phase' && e.state === 'started'),
+      )
+      .map((e) =>
+        e.type === 'tuned' ? `tuned:${e.message}` : e.type === 'phase' ? `phase ${e.phase}` : e.type,
+      );
+    expect(steps).toEqual([
+      'phase 1',
+      'phase 2',
+      'tuned:tuned by the administrator: switching to post-copy',
+      'phase 3',
+      'phase 4',
+      'phase 5',
+      'phase 6',
+    ]);
+    const after = await waitForPasses(inv, 'slow', lastPass + 2);
+    expect(after.mismatches).toEqual([]);
+    expect((await (await inv.host(to)).vmInfo('slow')).state).toBe('running');
   });
 });

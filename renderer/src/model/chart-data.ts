@@ -1,6 +1,6 @@
 // From a move's samples to what the charts draw: plain {x, y} arrays (Chart.js must never see Vue's
 // reactive proxies: it walks them on every update), pass boundaries, and the figures beside the charts.
-import type { MoveOptions, Sample } from '../../../engine/api/index.js';
+import type { MoveOptions, Sample, TuneChange } from '../../../engine/api/index.js';
 import { mib } from './format.js';
 
 export interface Point {
@@ -41,6 +41,50 @@ export function passBoundaries(samples: readonly Sample[]): PassMark[] {
     prev = Math.max(prev, s.pass);
   }
   return marks;
+}
+
+/** Where the administrator tuned the move, with a short label for the chart. */
+export interface TuneChartMark {
+  x: number;
+  label: string;
+}
+
+/** A short label: "512 MiB/s · 2000 ms", "post-copy", or "tuned" where the record kept no values. */
+export function tuneLabel(change: TuneChange | null): string {
+  if (!change) return 'tuned';
+  const parts: string[] = [];
+  if (change.bandwidthMiBs !== undefined) parts.push(`${change.bandwidthMiBs} MiB/s`);
+  if (change.downtimeMs !== undefined) parts.push(`${change.downtimeMs} ms`);
+  if (change.postcopy) parts.push('post-copy');
+  return parts.join(' · ') || 'tuned';
+}
+
+export function tuneMarks(tunes: readonly { at: number; change: TuneChange | null }[]): TuneChartMark[] {
+  return tunes.map((t) => ({ x: t.at / 1000, label: tuneLabel(t.change) }));
+}
+
+/**
+ * The bandwidth limit over the move as a stepped line: the move's own limit, then each tune's from the
+ * moment it was made, up to `endX` (seconds). Empty when the move never had a limit.
+ */
+export function bandwidthLimitPoints(
+  initialMiBs: number | null,
+  tunes: readonly { at: number; change: TuneChange | null }[],
+  endX: number,
+): Point[] {
+  const points: Point[] = [];
+  let limit = initialMiBs;
+  if (limit !== null) points.push({ x: 0, y: limit });
+  for (const t of tunes) {
+    const next = t.change?.bandwidthMiBs;
+    if (next === undefined || next === limit) continue;
+    const x = t.at / 1000;
+    if (limit !== null) points.push({ x, y: limit });
+    points.push({ x, y: next });
+    limit = next;
+  }
+  if (limit !== null) points.push({ x: Math.max(endX, points.at(-1)?.x ?? 0), y: limit });
+  return points;
 }
 
 export interface Outlook {
@@ -94,6 +138,7 @@ export function chartSummary(
   title: string,
   series: readonly LineSeries[],
   passes: readonly PassMark[],
+  tunes: readonly TuneChartMark[] = [],
 ): string {
   const first = series[0];
   if (!first || first.data.length === 0) return `${title}: no samples yet.`;
@@ -107,6 +152,7 @@ export function chartSummary(
   }
   const last = passes[passes.length - 1];
   if (last) parts.push(`Pass ${last.pass} began at ${fmt(last.x)} s.`);
+  for (const t of tunes) parts.push(`Tuned at ${fmt(t.x)} s: ${t.label}.`);
   return parts.join(' ');
 }
 

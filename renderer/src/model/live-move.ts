@@ -2,6 +2,7 @@
 // stream. Pure functions over plain objects; the migrations store adds reactivity around them.
 import {
   PHASES,
+  postcopyUnavailable,
   type MigrationEvent,
   type MigrationListItem,
   type MigrationRecord,
@@ -10,6 +11,7 @@ import {
   type MoveOptions,
   type Sample,
   type Summary,
+  type TuneChange,
 } from '../../../engine/api/index.js';
 
 export type PhaseState = 'pending' | 'running' | 'done' | 'failed';
@@ -32,7 +34,16 @@ export interface DiskCopyView {
 
 export interface LogLine {
   at: number;
-  level: 'info' | 'warn' | 'escalation';
+  level: 'info' | 'warn' | 'escalation' | 'tuned';
+  message: string;
+}
+
+/** A change the administrator made to the running move (ferry move-tune, the Tune controls). */
+export interface TuneMark {
+  /** ms since the move started. */
+  at: number;
+  /** Absent for records that did not keep it. */
+  change: TuneChange | null;
   message: string;
 }
 
@@ -56,6 +67,10 @@ export interface LiveMove {
   lastSample: Sample | null;
   disks: DiskCopyView[];
   log: LogLine[];
+  /** The administrator's tunes, in order (chart markers). */
+  tunes: TuneMark[];
+  /** Post-copy has begun (the policy's escalation, or a tune). */
+  postcopyStarted: boolean;
   summary: Summary | null;
   /** The wall-clock time the move was asked for, for "elapsed" while it runs. */
   requestedAt: string | null;
@@ -86,6 +101,8 @@ export function newMove(id: string): LiveMove {
     lastSample: null,
     disks: [],
     log: [],
+    tunes: [],
+    postcopyStarted: false,
     summary: null,
     requestedAt: null,
     hydrated: false,
@@ -174,6 +191,13 @@ export function applyEvent(m: LiveMove, e: MigrationEvent): boolean {
       return true;
     case 'escalation':
       m.log.push({ at: e.at, level: 'escalation', message: e.message });
+      if (e.step === 'postcopy') m.postcopyStarted = true;
+      return true;
+    case 'tuned':
+      if (m.tunes.some((t) => t.at === e.at && t.message === e.message)) return false;
+      m.tunes.push({ at: e.at, change: e.change, message: e.message });
+      m.log.push({ at: e.at, level: 'tuned', message: e.message });
+      if (e.change.postcopy) m.postcopyStarted = true;
       return true;
     case 'log':
       m.log.push({ at: e.at, level: e.level, message: e.message });
@@ -208,9 +232,21 @@ export function moveFromListItem(item: MigrationListItem): LiveMove {
   }));
   m.log = item.events.map((e) => ({
     at: e.at,
-    level: e.type.startsWith('escalation') ? 'escalation' : e.type === 'warn' ? 'warn' : 'info',
+    level: e.type.startsWith('escalation')
+      ? 'escalation'
+      : e.type === 'warn'
+        ? 'warn'
+        : e.type === 'tuned'
+          ? 'tuned'
+          : 'info',
     message: e.message,
   }));
+  m.tunes = item.events
+    .filter((e) => e.type === 'tuned')
+    .map((e) => ({ at: e.at, change: e.change ?? null, message: e.message }));
+  m.postcopyStarted = item.events.some(
+    (e) => e.type === 'escalation:postcopy' || (e.type === 'tuned' && e.change?.postcopy),
+  );
   if (item.summary) applySummary(m, item.summary);
   return m;
 }
@@ -245,6 +281,10 @@ export function hydrate(live: LiveMove | null, rec: MigrationRecord): LiveMove {
     const seen = new Set(base.log.map((l) => `${l.at}:${l.message}`));
     for (const l of live.log) if (!seen.has(`${l.at}:${l.message}`)) base.log.push(l);
     base.log.sort((a, b) => a.at - b.at);
+    for (const t of live.tunes)
+      if (!base.tunes.some((b) => b.at === t.at && b.message === t.message)) base.tunes.push(t);
+    base.tunes.sort((a, b) => a.at - b.at);
+    base.postcopyStarted ||= live.postcopyStarted;
     base.options = live.options ?? base.options;
   }
   base.sampleCount = base.samples.length;
@@ -267,4 +307,49 @@ export function phaseAnnouncement(phases: readonly PhaseView[]): string {
   }
   const done = phases.filter((p) => p.state === 'done').length;
   return done === 0 ? 'Not started yet.' : `${done} of ${phases.length} phases done.`;
+}
+
+/**
+ * Why the move cannot be tuned now (null: it can), by the engine's rules: only a live move's memory
+ * copy, phases 2–3, can take a new bandwidth or downtime target.
+ */
+export function tuneUnavailable(m: LiveMove | null): string | null {
+  if (!m) return 'loading…';
+  if (m.status === 'queued')
+    return 'the move is still queued: tuning applies to the memory copy (phases 2–3)';
+  if (!isActive(m)) return `the move is over (${m.status})`;
+  if (m.kind === 'storage') return 'a storage-only move has no memory copy to tune';
+  if (m.phase > 3) {
+    return `phase 3 is over: the memory copy is done and the VM runs on ${m.to ?? 'the destination'}`;
+  }
+  if (m.phase < 2) return 'the memory copy (phase 2) has not begun yet';
+  return null;
+}
+
+/**
+ * Why "Switch to post-copy" is disabled (null: enabled): the move must have started with QEMU's
+ * post-copy capability (the postcopy convergence policy, never with multifd), and still be copying
+ * memory with the source running.
+ */
+export function postcopyDisabledReason(m: LiveMove | null): string | null {
+  const why = tuneUnavailable(m);
+  if (why || !m) return why;
+  const capability = postcopyUnavailable(m.options);
+  if (capability) return capability;
+  if (m.postcopyStarted) return 'the move has already switched to post-copy';
+  if (m.phase === 3) return 'the switch-over has begun (phase 3): the source is paused';
+  return null;
+}
+
+/** The bandwidth limit (MiB/s, null: none) and downtime target (ms) the move runs with now. */
+export function currentTuning(m: LiveMove): { bandwidthMiBs: number | null; downtimeMs: number | null } {
+  let bandwidthMiBs = m.options?.bandwidthMiBs ?? null;
+  let downtimeMs = m.lastSample?.downtimeLimitMs ?? m.options?.downtimeMs ?? null;
+  for (const t of m.tunes) {
+    if (t.change?.bandwidthMiBs !== undefined) bandwidthMiBs = t.change.bandwidthMiBs;
+    // A sample newer than the tune already says what QEMU has.
+    if (t.change?.downtimeMs !== undefined && (m.lastSample?.at ?? -1) < t.at)
+      downtimeMs = t.change.downtimeMs;
+  }
+  return { bandwidthMiBs, downtimeMs };
 }

@@ -10,6 +10,8 @@ import type {
   MoveRequest,
   QueueEntry,
   Summary,
+  TuneChange,
+  TuneResult,
 } from '../../../engine/api/index.js';
 import type { z } from 'zod';
 import { apiClient } from '../api/index.js';
@@ -118,6 +120,11 @@ export const useMigrationsStore = defineStore('migrations', () => {
     return apiClient().call('cancelMove', { id });
   }
 
+  /** Tunes a running move (phases 2–3); the engine refuses, with the reason, what it cannot do. */
+  async function tune(id: string, change: TuneChange): Promise<TuneResult> {
+    return apiClient().call('tuneMove', { id, ...change });
+  }
+
   function onFinished(fn: FinishedListener): () => void {
     finishedListeners.add(fn);
     return () => finishedListeners.delete(fn);
@@ -177,6 +184,7 @@ export const useMigrationsStore = defineStore('migrations', () => {
     refresh,
     startMove,
     cancel,
+    tune,
     onFinished,
     moveStatusFor,
   };
