@@ -14,11 +14,22 @@ export function exitOf(pid: number): string | null {
 }
 
 /** Starts QEMU in its own session with stdout/stderr appended to logFile; returns its pid. */
-export async function spawnDetached(binary: string, argv: string[], logFile: string): Promise<number> {
+export async function spawnDetached(
+  binary: string,
+  argv: string[],
+  logFile: string,
+  env?: Record<string, string>,
+): Promise<number> {
   const fd = fs.openSync(logFile, 'a', 0o600); // logs are the user's own, like all of Ferry's state
   try {
     // What QEMU creates (serial log, pid file, sockets) is the user's alone: umask 077 for the child.
-    const child = withPrivateUmask(() => spawn(binary, argv, { detached: true, stdio: ['ignore', fd, fd] }));
+    const child = withPrivateUmask(() =>
+      spawn(binary, argv, {
+        detached: true,
+        stdio: ['ignore', fd, fd],
+        ...(env ? { env: { ...process.env, ...env } } : {}),
+      }),
+    );
     const pid = await new Promise<number>((resolve, reject) => {
       child.once('exit', (code, signal) =>
         exits.set(child.pid!, signal ? `killed by ${signal}` : `exit code ${code}`),

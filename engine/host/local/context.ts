@@ -164,12 +164,15 @@ export class LocalContext {
     return path.join(this.vmDir(name), 'qemu.log');
   }
 
-  /** QEMU runs in the host's network namespace when it has one (`ip netns exec` keeps the pid). */
-  spawnQemu(binary: string, argv: string[], log: string): Promise<number> {
+  /**
+   * QEMU runs in the host's network namespace when it has one (`ip netns exec` keeps the pid), with
+   * `env` added to this process's environment.
+   */
+  spawnQemu(binary: string, argv: string[], log: string, env?: Record<string, string>): Promise<number> {
     const ns = this.record.netns;
     return ns
-      ? spawnDetached('ip', ['netns', 'exec', ns, binary, ...argv], log)
-      : spawnDetached(binary, argv, log);
+      ? spawnDetached('ip', ['netns', 'exec', ns, binary, ...argv], log, env)
+      : spawnDetached(binary, argv, log, env);
   }
 
   /** Removes Ferry's own files of a VM on this host (configuration, runtime, logs), never its disks. */

@@ -69,16 +69,12 @@ export class MigrationDestination {
     for (const sock of this.ctx.socketsOf(paths)) await fs.promises.rm(sock, { force: true });
     const log = this.ctx.qemuLog(vm.name);
     const argv = qemuArgv(vm, paths, { accel: facts.accel, incoming: true, paused: true, prealloc: true });
-    // Through env(1), which execs QEMU in place (same pid, QEMU's own command line): spawnQemu takes
-    // no environment of its own.
-    const pid =
-      newDisks.length > 0
-        ? await this.ctx.spawnQemu(
-            'env',
-            [`GLIBC_TUNABLES=${NBD_MALLOC_TUNABLES}`, facts.qemuBinary, ...argv],
-            log,
-          )
-        : await this.ctx.spawnQemu(facts.qemuBinary, argv, log);
+    const pid = await this.ctx.spawnQemu(
+      facts.qemuBinary,
+      argv,
+      log,
+      newDisks.length > 0 ? { GLIBC_TUNABLES: NBD_MALLOC_TUNABLES } : undefined,
+    );
     await writeJsonAtomic(
       this.ctx.runtimePath(vm.name),
       newRuntime(pid, paths, facts.accel, {
