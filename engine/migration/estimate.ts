@@ -5,7 +5,7 @@
 //
 // The model. Pass 1 sends all of the VM's memory: non-zero pages at the move's rate, zero pages as a
 // flag (scanned, nearly free). Each next pass sends what the guest dirtied during the previous one
-// (dirty rate × the previous pass's time, at most the whole memory). QEMU switches over when what is
+// (dirty rate × the previous pass's time, at most the pages in use: those not zero). QEMU switches over when what is
 // left can be sent within the downtime target (remaining ÷ rate ≤ target): that last copy, plus the
 // switch-over's own cost, is the downtime. When the passes stop shrinking, the convergence policy acts
 // as the runner's ConvergenceWatch would: raise the downtime target, throttle the vCPUs, switch to
@@ -154,7 +154,10 @@ export function simulate(
   const MB = (b: number): string => `${(b / MiB).toFixed(1)} MiB`;
   for (let pass = 2; pass <= C.maxPasses; pass++) {
     const dirty = i.dirtyBytesPerSec * (1 - throttle / 100);
-    const remaining = Math.min(i.memoryBytes, (dirty * passMs) / 1000);
+    // A pass re-sends the pages dirtied during the last one, but never more than the guest has in use:
+    // one that rewrites a small working set fast dirties that set, not rate × time. The pages that are
+    // not zero stand for what it uses (the 1 s measurement cannot tell a small set from a large one).
+    const remaining = Math.min(Math.max(nonZero, PAGE), (dirty * passMs) / 1000);
     const needMs = (remaining / rate) * 1000;
     if (needMs <= limit) {
       return {

@@ -68,6 +68,22 @@ describe('the estimate before Finish', () => {
     expect(high.totalMs!).toBeGreaterThan(low.totalMs!);
   });
 
+  it('a pass re-sends at most what the guest uses: a small set rewritten fast converges by raising downtime', () => {
+    // The bench's case: 512 MiB, ~64 MiB in use (the rest zero), 50 MiB/s of dirtying under a 40 MiB/s
+    // limit. Passes cannot grow past the 64 MiB in use, so raising the downtime target does it.
+    const e = estimateMove(
+      input({
+        memoryBytes: 512 * MiB,
+        zeroPageRatio: 0.875,
+        dirtyBytesPerSec: 50 * MiB,
+        options: options({ bandwidthMiBs: 40 }),
+      }),
+    );
+    expect(e).toMatchObject({ converges: true, step: 'raise-downtime' });
+    expect(e.downtimeMs!).toBeLessThanOrEqual(2000 + 30);
+    expect(e.totalMs!).toBeLessThan(60_000);
+  });
+
   it('zero pages cost almost nothing: a mostly empty VM moves much faster', () => {
     const full = estimateMove(input());
     const empty = estimateMove(input({ zeroPageRatio: 0.95 }));
