@@ -115,6 +115,20 @@ async function moverKilled(from: string, to: string, performance: PerformanceOpt
       if (/"type":"sample"[^\n]*"phase":2[^\n]*"bytesSent":[1-9]\d{6}/.test(out)) resolve();
     });
   });
+  // The mover saves its record beside printing events; kill it once the saved record says phase 2,
+  // or "during phase N" would race the save, not describe the move.
+  const id = /"id":"(m-[^"]+)"/.exec(out)![1]!;
+  await waitFor(
+    'the mover to save phase 2',
+    async () =>
+      (
+        JSON.parse(await fs.promises.readFile(path.join(home, 'migrations', `${id}.json`), 'utf8')) as {
+          phase: number;
+        }
+      ).phase === 2,
+    10_000,
+    20,
+  );
   const skeleton = skeletonPid(to);
   child.removeAllListeners('exit');
   child.kill('SIGKILL');
