@@ -42,6 +42,11 @@ import {
 import { driverUri, type LibvirtUri, openTransport, parseLibvirtUri, type Transport } from './transport.js';
 import { type TypedParam, XdrError, XdrReader, XdrWriter } from './xdr.js';
 
+/** FERRY_TRACE=libvirt: every call's procedure number and round trip on stderr (what LIBVIRT_DEBUG is to virsh). */
+const TRACE = /(^|,)libvirt(,|$)/.test(process.env.FERRY_TRACE ?? '');
+const procName = (proc: number): string =>
+  Object.entries(Proc).find(([, n]) => n === proc)?.[0] ?? `call ${proc}`;
+
 export type {
   DomainRef,
   LibvirtEvent,
@@ -494,6 +499,31 @@ export class LibvirtClient {
       }
       payload = w.toBuffer();
     }
+    if (TRACE) {
+      const t0 = performance.now();
+      const line = (how: string): void => {
+        process.stderr.write(
+          `[libvirt ${this.host}] ${procName(proc)} ${how} in ${(performance.now() - t0).toFixed(1)} ms (at ${Date.now()})\n`,
+        );
+      };
+      const inner = this.untraced<T>(proc, payload, decodeRet, timeoutMs, onTimeout, serial);
+      inner.then(
+        () => line('answered'),
+        () => line('failed'),
+      );
+      return inner;
+    }
+    return this.untraced(proc, payload, decodeRet, timeoutMs, onTimeout, serial);
+  }
+
+  private untraced<T>(
+    proc: number,
+    payload: Buffer | undefined,
+    decodeRet: Decode<T> | null,
+    timeoutMs: number,
+    onTimeout: (() => FerryError) | null,
+    serial: number,
+  ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const timer =
         timeoutMs > 0 && onTimeout
