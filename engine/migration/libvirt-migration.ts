@@ -35,6 +35,7 @@ import {
   PhaseClock,
   phaseDurations,
   Tuning,
+  STALE_WARNING,
   waitForHeartbeat,
   type MoveContext,
 } from './live-migration.js';
@@ -309,6 +310,19 @@ export async function libvirtMigration(
     testExitAfter('perform');
     begin(3); // a move that converged in one pass still passed through the switch-over
     if (storageCopyMs === null && copying) storageCopyMs = ctx.now() - copyStart;
+    // Finish goes out at once, beside the read of the job's final figures: the guest waits paused for
+    // Finish, not for a statistics round trip (the events keep their order: phase 3's last sample, then 4).
+    const finishing = dst
+      .migrateFinish3Params(
+        [...plan.params, { field: 'destination_name', type: 'string', value: name }],
+        performCookie,
+        destFlags,
+        false,
+      )
+      .catch((err: unknown) => {
+        warnings.push(`Finish failed on ${dest.name}: ${(err as Error).message}`);
+        return null;
+      });
     const final = await src.domainGetJobStats(dom, 1).catch(() => null);
     if (final) last = final.params;
     ctx.emit({
@@ -325,17 +339,7 @@ export async function libvirtMigration(
 
     // ---- 4 Storage handle, 5 Online: Finish on the destination -----------------------------------
     begin(4);
-    const fin = await dst
-      .migrateFinish3Params(
-        [...plan.params, { field: 'destination_name', type: 'string', value: name }],
-        performCookie,
-        destFlags,
-        false,
-      )
-      .catch((err: unknown) => {
-        warnings.push(`Finish failed on ${dest.name}: ${(err as Error).message}`);
-        return null;
-      });
+    const fin = await finishing;
     finished = fin?.dom ?? null;
     if (finished) testExitAfter('finish');
     if (!finished) {
@@ -378,6 +382,7 @@ export async function libvirtMigration(
           message: `heartbeat on ${dest.name}: pass ${beat.pass}, errors ${beat.errors}`,
         });
         if (beat.errors > 0) warnings.push(`the lab guest reports ${beat.errors} memory errors`);
+        if (beat.staleWrites) warnings.push(STALE_WARNING);
       } else warnings.push(`no new heartbeat from the lab guest on ${dest.name}`);
     }
     return result('completed', null);

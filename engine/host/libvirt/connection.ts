@@ -138,9 +138,12 @@ export function onLibvirtChange(fn: Listener): () => void {
 
 /** Closes a host's connections (host removed) or all of them (a CLI command ending, shutdown). */
 export async function closeLibvirtConnections(host?: string): Promise<void> {
+  // All at once: each close is a round trip to its daemon, and a command waits for the last one.
+  const closing: Promise<void>[] = [];
   for (const [key, c] of [...pool]) {
     if (host !== undefined && c.host !== host) continue;
     pool.delete(key);
-    await c.close();
+    closing.push(c.close());
   }
+  await Promise.all(closing);
 }
