@@ -20,6 +20,7 @@
 ;   FERRY-GUEST MISMATCH pass=<p> page=<i> want=0x<8 hex> got=0x<8 hex>
 ;   FERRY-GUEST FAULT vec=<n>
 ;   FERRY-GUEST key 0x<2 hex>[ <char>]   (a byte received on COM1, echoed)
+;   FERRY-GUEST STALE pass=<p> lost=<n>  (memory lost a write the CPU made: see timer_isr)
 ;
 ; Every line also appears on the screen (VGA text mode, when the VM has one).
 
@@ -218,6 +219,20 @@ main_loop:
         mov [pass_start], eax
         mov dword [mm_lines], 0
 
+        ; Self-test hook: on pass == stale, move the CPU's copy of the tick count
+        ; on by one, as if memory had lost the last tick's write.
+        mov eax, [stale_at]
+        test eax, eax
+        jz .no_stale_test
+        cmp eax, [pass]
+        jne .no_stale_test
+        cli
+        mov eax, dr0
+        inc eax
+        mov dr0, eax
+        sti
+.no_stale_test:
+
         ; Self-test hook: on pass == corrupt, skip writing page 3.
         mov edi, 0xFFFFFFFF       ; page index to skip (none)
         mov eax, [corrupt]
@@ -282,8 +297,16 @@ main_loop:
         ; cli/sti around the check: sti's one-instruction shadow makes the
         ; "check then hlt" atomic, so no tick can slip in between unnoticed.
 .wait:
-        call echo_input           ; every tick while idle: typing is echoed at once
-        cli
+        ; Every tick while idle, typing is echoed at once. Looked at here, without
+        ; a call: the idle loop leaves the stack to the timer's frames alone, so
+        ; a stack page that arrives a tick old after a move (see timer_isr) holds
+        ; the same frame and the guest goes on; the loss is still reported.
+        mov dx, COM1 + 5
+        in al, dx
+        test al, 0x01             ; LSR: data ready
+        jz .idle
+        call echo_input
+.idle:  cli
         mov eax, [ticks]
         sub eax, [pass_start]
         cmp eax, [period_ms]
@@ -356,6 +379,21 @@ heartbeat:
         call put_dec
         mov al, 10
         call putc
+        mov eax, [stale]
+        cmp eax, [stale_told]
+        je .no_stale
+        mov [stale_told], eax
+        mov esi, s_st_pass
+        call puts
+        mov eax, [pass]
+        call put_dec
+        mov esi, s_st_lost
+        call puts
+        mov eax, [stale_told]
+        call put_dec
+        mov al, 10
+        call putc
+.no_stale:
         cmp byte [rtc_state], 2
         jne .no_clock
         mov esi, s_ck_pass
@@ -445,8 +483,14 @@ parse_cmdline:
 .not_rate:
         mov edi, k_corrupt
         call key_is
-        jne .skip
+        jne .not_corrupt
         mov [corrupt], eax
+        jmp .skip
+.not_corrupt:
+        mov edi, k_stale
+        call key_is
+        jne .skip
+        mov [stale_at], eax
         jmp .skip
 .done:  popad
         ret
@@ -720,9 +764,27 @@ pit_init:
         out 0x40, al
         ret
 
+; Lost writes: the tick count is kept in memory twice (ticks, and tick_echo on
+; the stack's page) and once in DR0, a CPU register (carried by a migration
+; with the rest of the CPU's state; no breakpoint is enabled in DR7, so it is
+; only a store). Memory that disagrees with the register lost the last tick's
+; write: a move delivered the page older than the CPU. Counted, and reported
+; at the next heartbeat as a STALE line.
 timer_isr:
         pushad
-        inc dword [ticks]         ; 1 tick = 1 ms since boot (migrates with RAM)
+        mov eax, dr0
+        cmp eax, [ticks]
+        je .ticks_ok
+        inc dword [stale]
+.ticks_ok:
+        cmp eax, [tick_echo]
+        je .echo_ok
+        inc dword [stale]
+.echo_ok:
+        inc eax                   ; 1 tick = 1 ms since boot (migrates with RAM)
+        mov [ticks], eax
+        mov [tick_echo], eax
+        mov dr0, eax
         call rtc_sample
         mov al, 0x20
         out 0x20, al              ; EOI master
@@ -968,6 +1030,7 @@ hex_digits: db "0123456789abcdef"
 k_ws:       db "ws", 0
 k_rate:     db "rate", 0
 k_corrupt:  db "corrupt", 0
+k_stale:    db "stale", 0
 s_boot:     db "FERRY-GUEST boot ws=", 0
 s_rate:     db " rate=", 0
 s_mem:      db " mem=", 0
@@ -983,6 +1046,8 @@ s_mm_want:  db " want=", 0
 s_mm_got:   db " got=", 0
 s_fault:    db "FERRY-GUEST FAULT vec=", 0
 s_key:      db "FERRY-GUEST key ", 0
+s_st_pass:  db "FERRY-GUEST STALE pass=", 0
+s_st_lost:  db " lost=", 0
 
 align 4
 load_end:                         ; end of the file contents
@@ -1002,6 +1067,7 @@ mm_lines:   resd 1
 ws_mib:     resd 1
 rate:       resd 1
 corrupt:    resd 1
+stale_at:   resd 1                ; self-test: the pass whose start loses a tick write
 period_ms:  resd 1
 npages:     resd 1
 mem_upper:  resd 1
@@ -1015,6 +1081,8 @@ offset_max: resd 1                ; its reference: the highest, less 1 ms a seco
 clk_rem:    resd 1                ; HPET counts not yet counted as a whole ms
 gap_max:    resd 1                ; largest gap (ms) since the last clock line
 vga_pos:    resd 1                ; the screen cell the next character goes to
+stale:      resd 1                ; tick writes memory lost (see timer_isr)
+stale_told: resd 1                ; ... as far as a STALE line has told
 clamped:    resb 1
 verify_on:  resb 1
 rtc_state:  resb 1                ; see rtc_sample
@@ -1022,4 +1090,5 @@ rtc_sec:    resb 1                ; RTC seconds register at the last sample
 alignb 16
 stack:      resb 16384
 stack_top:
+tick_echo:  resd 1                ; on the page of the stack's latest frames
 bss_end:

@@ -21,6 +21,11 @@ export interface LabGuestReport {
   heartbeats: Heartbeat[];
   mismatches: string[];
   faults: string[];
+  /**
+   * STALE lines: the guest found that memory lost a write its CPU had made (its tick count, kept in
+   * memory and in a CPU register, disagreed after a move). Each line carries the count so far.
+   */
+  stale: { pass: number; lost: number }[];
   /** The longest gap over all heartbeats (ms), or null when the guest reported none. */
   maxGapMs: number | null;
 }
@@ -28,9 +33,17 @@ export interface LabGuestReport {
 // Trailing fields are allowed so that a later guest may add some without breaking this reader.
 const HB = /^FERRY-GUEST hb pass=(\d+) ms=(\d+) errors=(\d+)(?:\s.*)?$/;
 const CLOCK = /^FERRY-GUEST clock pass=(\d+) gap=(\d+)(?:\s.*)?$/;
+const STALE = /^FERRY-GUEST STALE pass=(\d+) lost=(\d+)(?:\s.*)?$/;
 
 export function parseLabGuestSerial(text: string): LabGuestReport {
-  const report: LabGuestReport = { boots: 0, heartbeats: [], mismatches: [], faults: [], maxGapMs: null };
+  const report: LabGuestReport = {
+    boots: 0,
+    heartbeats: [],
+    mismatches: [],
+    faults: [],
+    stale: [],
+    maxGapMs: null,
+  };
   for (const raw of text.split('\n')) {
     const line = raw.trim();
     if (!line.startsWith('FERRY-GUEST ')) continue;
@@ -46,6 +59,10 @@ export function parseLabGuestSerial(text: string): LabGuestReport {
     } else if (line.startsWith('FERRY-GUEST boot')) report.boots++;
     else if (line.startsWith('FERRY-GUEST MISMATCH')) report.mismatches.push(line);
     else if (line.startsWith('FERRY-GUEST FAULT')) report.faults.push(line);
+    else {
+      const st = STALE.exec(line);
+      if (st) report.stale.push({ pass: Number(st[1]), lost: Number(st[2]) });
+    }
   }
   return report;
 }

@@ -57,8 +57,10 @@ describe('lab guest', () => {
     await (await inv.host('lab1')).stopVm('g', { force: true, timeoutMs: 0 });
   });
 
-  it('reports a page that was not what the previous pass wrote', async () => {
-    // The guest's self-test hook skips writing page 3 on pass 5: pass 6 must catch it.
+  it('reports a page that was not what the previous pass wrote, and a write its memory lost', async () => {
+    // The guest's self-test hooks: it skips writing page 3 on pass 5, which pass 6 must catch; and at the
+    // start of pass 3 its CPU's copy of the tick count (DR0) moves on without memory, as when a move
+    // delivers a page older than the CPU state: the next tick finds both memory copies one behind.
     const dir = tempHome('guest-corrupt');
     const log = path.join(dir, 'serial.log');
     const qemu = spawn(
@@ -77,7 +79,7 @@ describe('lab guest', () => {
         '-kernel',
         labGuestImage(),
         '-append',
-        'ws=4 rate=40 corrupt=5',
+        'ws=4 rate=40 corrupt=5 stale=3',
         '-serial',
         `file:${log}`,
       ],
@@ -94,6 +96,10 @@ describe('lab guest', () => {
       expect(report.heartbeats.filter((h) => h.pass < 6).every((h) => h.errors === 0)).toBe(true);
       expect(report.heartbeats.filter((h) => h.pass >= 6).every((h) => h.errors === 1)).toBe(true);
       expect(labGuestHealthy(report)).toBe(false);
+      expect(report.stale).toHaveLength(1);
+      expect(report.stale[0]).toMatchObject({ lost: 2 });
+      expect(report.stale[0]!.pass).toBeGreaterThanOrEqual(3);
+      expect(report.faults).toEqual([]);
     } finally {
       qemu.kill('SIGKILL');
     }
@@ -114,6 +120,7 @@ describe('lab guest', () => {
       ],
       mismatches: [],
       faults: [],
+      stale: [],
       maxGapMs: null,
     });
     const now = parseLabGuestSerial(
