@@ -184,6 +184,10 @@ export const PhaseTimingSchema = z.object({
   ms: z.number().nullable(),
 });
 
+/** One step of the cut-over (from the source's pause to the source gone), with its own figure. */
+export const CutoverStepSchema = z.object({ step: z.string(), ms: z.number() });
+export type CutoverStep = z.infer<typeof CutoverStepSchema>;
+
 export const SummarySchema = z.object({
   type: z.literal('summary'),
   id: z.string(),
@@ -204,6 +208,13 @@ export const SummarySchema = z.object({
   storageCopyMs: z.number().nullable(),
   phases: z.array(PhaseTimingSchema),
   warnings: z.array(z.string()),
+  /** The cut-over's steps in order, each timed, so a slow one shows (absent in older records). */
+  cutover: z.array(CutoverStepSchema).optional(),
+  /**
+   * Verification beside the phases, not inside them: ms from the VM's resume on the destination to the
+   * lab guest's first heartbeat seen there; null when none came in time; absent for other guests.
+   */
+  guestAliveMs: z.number().nullable().optional(),
 });
 export type Summary = z.infer<typeof SummarySchema>;
 

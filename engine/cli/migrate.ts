@@ -67,7 +67,16 @@ function summaryText(s: Summary): string {
   }
   const phases = s.phases.map((p) => `${p.phase}:${p.ms ?? '-'}ms`).join(' ');
   const copy = s.storageCopyMs !== null ? `, disk copy ${s.storageCopyMs} ms` : '';
-  return `completed: ${s.vm} now runs on ${s.to} in ${(s.totalMs / 1000).toFixed(2)} s${copy}, downtime ${s.downtimeMs ?? '?'} ms, ${(s.bytes / MiB).toFixed(1)} MiB in ${s.passes} passes (${phases})${s.warnings.length ? `\nwarnings: ${s.warnings.join('; ')}` : ''}`;
+  const cutover = s.cutover?.length
+    ? `\ncut-over: ${s.cutover.map((c) => `${c.step} ${c.ms} ms`).join(', ')}`
+    : '';
+  const alive =
+    s.guestAliveMs === undefined
+      ? ''
+      : s.guestAliveMs === null
+        ? '\nguest: no heartbeat seen on the destination'
+        : `\nguest: beating on ${s.to} ${s.guestAliveMs} ms after it resumed (checked beside the phases)`;
+  return `completed: ${s.vm} now runs on ${s.to} in ${(s.totalMs / 1000).toFixed(2)} s${copy}, downtime ${s.downtimeMs ?? '?'} ms, ${(s.bytes / MiB).toFixed(1)} MiB in ${s.passes} passes (${phases})${cutover}${alive}${s.warnings.length ? `\nwarnings: ${s.warnings.join('; ')}` : ''}`;
 }
 
 /** The estimate of a check, for a terminal: what to expect, its inputs, and what would help. */

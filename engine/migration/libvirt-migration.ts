@@ -35,8 +35,9 @@ import {
   PhaseClock,
   phaseDurations,
   Tuning,
-  STALE_WARNING,
-  waitForHeartbeat,
+  CutoverSteps,
+  guestAlive,
+  reportAlive,
   type MoveContext,
 } from './live-migration.js';
 
@@ -121,6 +122,9 @@ export async function libvirtMigration(
   const made: string[] = []; // destination files Ferry created for a shared-nothing move
   let last: TypedParam[] = [];
   let storageCopyMs: number | null = null;
+  const cut = new CutoverSteps(ctx.now);
+  let totalMs: number | null = null; // the six phases' end; the verification after it is reported beside
+  let guestAliveMs: number | null | undefined;
   const checkCancel = (): void => {
     if (ctx.cancelRequested()) throw new Cancelled();
   };
@@ -299,6 +303,7 @@ export async function libvirtMigration(
       throw new FerryError('migration-failed', why);
     }
     performed = true;
+    if (stoppedAt !== null) cut.steps.push({ step: 'final copy (Perform)', ms: Date.now() - stoppedAt });
     // The guest's last pass so far (the source is paused), read beside Finish so the read costs no
     // downtime; a pass the destination logs meanwhile only makes the later check wait for a newer one.
     const passAtPause: Promise<number | null> = ctx.vm.labGuest
@@ -312,6 +317,7 @@ export async function libvirtMigration(
     if (storageCopyMs === null && copying) storageCopyMs = ctx.now() - copyStart;
     // Finish goes out at once, beside the read of the job's final figures: the guest waits paused for
     // Finish, not for a statistics round trip (the events keep their order: phase 3's last sample, then 4).
+    const finishFrom = ctx.now();
     const finishing = dst
       .migrateFinish3Params(
         [...plan.params, { field: 'destination_name', type: 'string', value: name }],
@@ -322,7 +328,8 @@ export async function libvirtMigration(
       .catch((err: unknown) => {
         warnings.push(`Finish failed on ${dest.name}: ${(err as Error).message}`);
         return null;
-      });
+      })
+      .finally(() => cut.steps.push({ step: 'Finish (resume there)', ms: ctx.now() - finishFrom }));
     const final = await src.domainGetJobStats(dom, 1).catch(() => null);
     if (final) last = final.params;
     ctx.emit({
@@ -356,12 +363,15 @@ export async function libvirtMigration(
     // the switch-over: a heartbeat newer than the last one before the pause (the lab's serial log is
     // one file both hosts append to), awaited while Confirm runs.
     const verified = ctx.vm.labGuest
-      ? passAtPause.then((p) => waitForHeartbeat(dest, name, ctx.vm.labGuest!, p)).catch(() => null)
+      ? passAtPause.then((p) => guestAlive(dest, name, ctx.vm.labGuest!, p, resumedAt))
       : null;
 
     // ---- 6 Network cleanup: Confirm on the source ----------------------------------------------
     begin(6);
-    await src.migrateConfirm3Params(dom, plan.params, fin!.cookie, flags | prot, false);
+    await cut.time(
+      'Confirm (source off)',
+      src.migrateConfirm3Params(dom, plan.params, fin!.cookie, flags | prot, false),
+    );
     const gone = await src.lookupDomainByName(name).then(
       () => false,
       (err: unknown) => err instanceof LibvirtError && err.libvirtCode === ERR_NO_DOMAIN,
@@ -373,17 +383,11 @@ export async function libvirtMigration(
       );
     }
     end(6);
-    if (verified) {
-      const beat = await verified;
-      if (beat) {
-        ctx.emit({
-          type: 'log',
-          level: 'info',
-          message: `heartbeat on ${dest.name}: pass ${beat.pass}, errors ${beat.errors}`,
-        });
-        if (beat.errors > 0) warnings.push(`the lab guest reports ${beat.errors} memory errors`);
-        if (beat.staleWrites) warnings.push(STALE_WARNING);
-      } else warnings.push(`no new heartbeat from the lab guest on ${dest.name}`);
+    totalMs = ctx.now();
+    const alive = verified ? await verified : undefined;
+    if (alive) {
+      reportAlive(ctx, alive, dest.name, warnings);
+      guestAliveMs = alive.ms;
     }
     return result('completed', null);
   } catch (err) {
@@ -441,7 +445,7 @@ export async function libvirtMigration(
       to: dest.name,
       kind: 'live',
       options: ctx.options,
-      totalMs: ctx.now(),
+      totalMs: totalMs ?? ctx.now(),
       downtimeMs:
         status === 'completed' && stoppedAt !== null && resumedAt !== null ? resumedAt - stoppedAt : null,
       qemuDowntimeMs: status === 'completed' ? num(stats, 'downtime') || null : null,
@@ -450,6 +454,8 @@ export async function libvirtMigration(
       storageCopyMs,
       phases: phaseDurations(clock.timings),
       warnings,
+      ...(cut.steps.length ? { cutover: cut.steps } : {}),
+      ...(guestAliveMs !== undefined ? { guestAliveMs } : {}),
     };
   }
 }

@@ -16,6 +16,7 @@ import {
   FerryError,
   PHASES,
   postcopyUnavailable,
+  type CutoverStep,
   type MigrationEvent,
   type MoveOptions,
   type MoveRequestParsed,
@@ -353,6 +354,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
   let stoppedAt: number | null = null;
   let resumedAt: number | null = null;
   const plan = planMigration(options);
+  const cut = new CutoverSteps(ctx.now);
 
   try {
     // ---- 1 Setup --------------------------------------------------------------------------------
@@ -486,10 +488,11 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     checkCancel();
     if (mirroring) {
       // The guest is paused: end the mirrors so the destination's disks hold exactly the last state.
-      await source.finishDiskMirror(name);
+      await cut.time('disk mirrors ended', source.finishDiskMirror(name));
       mirroring = false;
     }
-    await source.continueOutgoing(name);
+    await cut.time('migrate-continue', source.continueOutgoing(name));
+    const continuedAt = ctx.now();
     let lastBytes3 = -1;
     let growthAt = ctx.now();
     for (;;) {
@@ -526,17 +529,20 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     );
     completed = true;
     stoppedAt = last.stoppedAt;
+    if (!postcopy) cut.steps.push({ step: 'final copy', ms: ctx.now() - continuedAt });
     ctx.emit({ type: 'sample', sample: sampleOf(last, ctx.now(), 3, 0) });
 
     // ---- 4 Storage handle -----------------------------------------------------------------------
     begin(4);
     await testExitAfter(ctx, 'switchover');
+    const loadedFrom = ctx.now();
     let handle = await dest.storageHandle(name);
     const deadline = Date.now() + 30_000;
     while (handle.runState === 'inmigrate' && Date.now() < deadline) {
       await sleep(10);
       handle = await dest.storageHandle(name);
     }
+    cut.steps.push({ step: 'state loaded, disks checked', ms: ctx.now() - loadedFrom });
     if (handle.runState === 'inmigrate')
       throw new FerryError('migration-failed', `${dest.name} never finished loading the VM's state`);
     const missing = handle.disks.filter((d) => !d.attached || !d.writable);
@@ -556,7 +562,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
 
     // ---- 5 Online -------------------------------------------------------------------------------
     begin(5);
-    ({ resumedAt } = await dest.finishIncoming(name));
+    ({ resumedAt } = await cut.time('resume', dest.finishIncoming(name)));
     destRunning = true;
     await testExitAfter(ctx, 'finish');
     if (postcopy) {
@@ -600,27 +606,31 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
         await sleep(POLL_MS);
       }
     }
-    if (vm.labGuest) {
-      const beat = await waitForHeartbeat(dest, name, vm.labGuest);
-      if (beat)
-        ctx.emit({
-          type: 'log',
-          level: 'info',
-          message: `heartbeat on ${dest.name}: pass ${beat.pass}, errors ${beat.errors}`,
-        });
-      else warnings.push(`no heartbeat from the lab guest on ${dest.name} yet`);
-      if (beat && beat.errors > 0) warnings.push(`the lab guest reports ${beat.errors} memory errors`);
-      if (beat?.staleWrites) warnings.push(STALE_WARNING);
-    }
+    // Proof that the guest lives on the destination is verification beside the phases, not part of the
+    // switch-over: awaited while the cleanup runs, reported after it.
+    const verified = vm.labGuest ? guestAlive(dest, name, vm.labGuest, null, resumedAt) : null;
 
     // ---- 6 Network cleanup ----------------------------------------------------------------------
     begin(6);
-    await dest.announce(name).catch((e: Error) => warnings.push(`announce-self failed: ${e.message}`));
+    await cut.time(
+      'announce',
+      dest.announce(name).catch((e: Error) => void warnings.push(`announce-self failed: ${e.message}`)),
+    );
     // QEMU fills in its own downtime figure a moment after completion: read it before the source goes.
-    last = await source.outgoingStats(name).catch(() => last);
-    await source.confirmOutgoing(name, ctx.storage?.deleteSourceDisks ?? []);
+    last = await cut.time(
+      'source statistics',
+      source.outgoingStats(name).catch(() => last),
+    );
+    await cut.time('source off', source.confirmOutgoing(name, ctx.storage?.deleteSourceDisks ?? []));
     end(6);
-    return summary(storageCopyMs, ctx, 'completed', null, timings, last, stoppedAt, resumedAt, warnings);
+    const totalMs = ctx.now();
+    const alive = verified ? await verified : undefined;
+    if (alive) reportAlive(ctx, alive, dest.name, warnings);
+    return summary(storageCopyMs, ctx, 'completed', null, timings, last, stoppedAt, resumedAt, warnings, {
+      totalMs,
+      cutover: cut.steps,
+      guestAliveMs: alive ? alive.ms : undefined,
+    });
   } catch (err) {
     const cancelled = err instanceof Cancelled;
     const reason = cancelled ? 'cancelled by the administrator' : (err as Error).message;
@@ -747,8 +757,58 @@ function sampleOf(st: OutgoingStats, at: number, phase: number, throughputMiBs: 
   };
 }
 
+/** Times the cut-over's steps, in order, for the summary (`cutover`). */
+export class CutoverSteps {
+  readonly steps: CutoverStep[] = [];
+  constructor(private readonly now: () => number) {}
+  async time<T>(step: string, work: Promise<T> | (() => Promise<T>)): Promise<T> {
+    const t = this.now();
+    try {
+      return await (typeof work === 'function' ? work() : work);
+    } finally {
+      this.steps.push({ step, ms: this.now() - t });
+    }
+  }
+}
+
 export const STALE_WARNING =
   'the lab guest found a write of its CPU missing from its memory after the switch-over (QEMU delivered a page older than the CPU state; see the lab guest README)';
+
+/**
+ * Waits for the lab guest's first heartbeat on the destination (newer than `afterPass`), timed from its
+ * resume: the verification a move reports beside its phases.
+ */
+export async function guestAlive(
+  dest: HostDriver,
+  name: string,
+  lab: NonNullable<VmConfig['labGuest']>,
+  afterPass: number | null,
+  resumedAt: number | null,
+): Promise<{ beat: Awaited<ReturnType<typeof waitForHeartbeat>>; ms: number | null }> {
+  const beat = await waitForHeartbeat(dest, name, lab, afterPass).catch(() => null);
+  return { beat, ms: beat && resumedAt !== null ? Math.max(0, Date.now() - resumedAt) : null };
+}
+
+/** The verification's outcome: a log line, or warnings for no heartbeat, memory errors, lost writes. */
+export function reportAlive(
+  ctx: MoveContext,
+  alive: Awaited<ReturnType<typeof guestAlive>>,
+  destName: string,
+  warnings: string[],
+): void {
+  const beat = alive.beat;
+  if (!beat) {
+    warnings.push(`no new heartbeat from the lab guest on ${destName}`);
+    return;
+  }
+  ctx.emit({
+    type: 'log',
+    level: 'info',
+    message: `heartbeat on ${destName}: pass ${beat.pass}, errors ${beat.errors}${alive.ms !== null ? `, ${alive.ms} ms after it resumed` : ''}`,
+  });
+  if (beat.errors > 0) warnings.push(`the lab guest reports ${beat.errors} memory errors`);
+  if (beat.staleWrites) warnings.push(STALE_WARNING);
+}
 
 /** The lab guest's latest heartbeat on a host; with `afterPass`, only one newer than that pass. */
 export async function waitForHeartbeat(
@@ -789,6 +849,7 @@ export function summary(
   stoppedAt: number | null,
   resumedAt: number | null,
   warnings: string[],
+  extra: { totalMs?: number; cutover?: CutoverStep[]; guestAliveMs?: number | null } = {},
 ): Summary {
   return {
     type: 'summary',
@@ -800,7 +861,7 @@ export function summary(
     to: ctx.dest.name,
     kind: 'live',
     options: ctx.options,
-    totalMs: ctx.now(),
+    totalMs: extra.totalMs ?? ctx.now(),
     downtimeMs: stoppedAt !== null && resumedAt !== null ? resumedAt - stoppedAt : null,
     qemuDowntimeMs: last?.downtimeMs || null,
     bytes: last?.transferred ?? 0,
@@ -808,5 +869,7 @@ export function summary(
     storageCopyMs,
     phases: phaseDurations(timings),
     warnings,
+    ...(extra.cutover?.length ? { cutover: extra.cutover } : {}),
+    ...(extra.guestAliveMs !== undefined ? { guestAliveMs: extra.guestAliveMs } : {}),
   };
 }

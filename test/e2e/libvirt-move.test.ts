@@ -281,6 +281,13 @@ describe.skipIf(!isRoot)('a move between two libvirt hosts in the console (root)
     expect(await page.locator('[data-testid="move-result"]').textContent()).toContain(
       `${VM} now runs on lab2`,
     );
+    // The cut-over's steps each with a figure, and the guest's proof of life beside the phases.
+    expect(await page.locator('[data-testid="move-cutover"]').textContent()).toMatch(
+      /Cut-over:.*Finish \(resume there\) \d.*Confirm \(source off\) \d/,
+    );
+    expect(await page.locator('[data-testid="move-alive"]').textContent()).toMatch(
+      /The guest was beating on lab2 .* after it resumed/,
+    );
     await expect.poll(() => page.locator('.p-toast').textContent()).toContain(`${VM} moved to lab2`);
     await screenshot(page, 'libvirt-move-progress-finished');
 

@@ -18,6 +18,7 @@ import {
 } from '../../engine/host/lab-guest.js';
 import { labGuestImage } from '../../engine/host/store.js';
 import { MigrationManager } from '../../engine/migration/manager.js';
+import type { MigrationEvent } from '../../engine/api/index.js';
 import { guestReport, REPO, tempHome, waitFor, waitForPasses } from '../helpers.js';
 
 let home: string;
@@ -183,8 +184,33 @@ describe('lab guest', () => {
     // A live move: the guest sees the move's blackout in its own clock, beside the figures Ferry and QEMU
     // give for it (printed, not compared: they are a few ms to tens of ms).
     const passBeforeMove = (await guestReport(inv, 'clk')).heartbeats.at(-1)!.pass;
-    const s = await (await new MigrationManager(inv).start({ vm: 'clk', to: 'lab2' })).done;
+    const manager = new MigrationManager(inv);
+    const events: MigrationEvent[] = [];
+    const off = manager.subscribe((e) => events.push(e));
+    const s = await (await manager.start({ vm: 'clk', to: 'lab2' })).done;
+    off();
     expect(s.status, s.reason ?? '').toBe('completed');
+    // Each step of the cut-over has its own figure; the proof that the guest lives on the destination is
+    // reported beside the phases: after phase 6, with its own figure, outside the total.
+    expect(s.cutover?.map((c) => c.step)).toEqual([
+      'migrate-continue',
+      'final copy',
+      'state loaded, disks checked',
+      'resume',
+      'announce',
+      'source statistics',
+      'source off',
+    ]);
+    expect(s.cutover!.every((c) => c.ms >= 0)).toBe(true);
+    expect(s.guestAliveMs).toBeGreaterThanOrEqual(0);
+    const order = events.map((e) =>
+      e.type === 'phase'
+        ? `${e.phase}:${e.state}`
+        : e.type === 'log' && /^heartbeat on lab2/.test(e.message)
+          ? 'alive'
+          : null,
+    );
+    expect(order.filter((x) => x !== null).slice(-3)).toEqual(['6:started', '6:completed', 'alive']);
     const moved = await gapSettled('clk', Date.now());
     const seen = maxGapAfter(moved, passBeforeMove);
     console.log(

@@ -115,6 +115,12 @@ describe.skipIf(!isRoot)('moves between libvirt hosts (root, libvirt lab)', () =
     expect(samples.every((x) => x.phase === 2 || x.phase === 3)).toBe(true);
     expect(samples.some((x) => x.bytesSent > 0 && x.totalBytes > 0)).toBe(true);
     expect(sawTls).toBe(true);
+    // Each step of the cut-over has its own figure; the guest's proof of life is reported beside the
+    // phases (its heartbeat seen on lab2, timed from the resume).
+    expect(s.cutover?.map((c) => c.step)).toEqual(
+      expect.arrayContaining(['Finish (resume there)', 'Confirm (source off)']),
+    );
+    expect(s.guestAliveMs).toBeGreaterThanOrEqual(0);
 
     // Hyper-V's outcome: defined and running on the destination, gone from the source.
     expect(await virsh(lab2.uris.tcp, 'domstate', 'mv')).toBe('running');
