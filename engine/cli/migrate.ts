@@ -75,7 +75,7 @@ function summaryText(s: Summary): string {
       ? ''
       : s.guestAliveMs === null
         ? '\nguest: no heartbeat seen on the destination'
-        : `\nguest: beating on ${s.to} ${s.guestAliveMs} ms after it resumed (checked beside the phases)`;
+        : `\nguest: next heartbeat from ${s.to} ${s.guestAliveMs} ms after it resumed (once per pass; checked beside the phases)`;
   return `completed: ${s.vm} now runs on ${s.to} in ${(s.totalMs / 1000).toFixed(2)} s${copy}, downtime ${s.downtimeMs ?? '?'} ms, ${(s.bytes / MiB).toFixed(1)} MiB in ${s.passes} passes (${phases})${cutover}${alive}${s.warnings.length ? `\nwarnings: ${s.warnings.join('; ')}` : ''}`;
 }
 

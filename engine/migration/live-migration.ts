@@ -608,7 +608,8 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     }
     // Proof that the guest lives on the destination is verification beside the phases, not part of the
     // switch-over: awaited while the cleanup runs, reported after it.
-    const verified = vm.labGuest ? guestAlive(dest, name, vm.labGuest, null, resumedAt) : null;
+    // Timed on this process's clock from the resume's answer (QEMU's event time is another clock).
+    const verified = vm.labGuest ? guestAlive(dest, name, vm.labGuest, null, Date.now()) : null;
 
     // ---- 6 Network cleanup ----------------------------------------------------------------------
     begin(6);

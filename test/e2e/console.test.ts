@@ -497,7 +497,11 @@ describe('the console in a browser', () => {
     await next.click();
     await next.click();
     await expectPage(page, 'destination');
-    await expect.poll(() => wizard(page).locator('input[name="destination"]:checked').count()).toBe(1);
+    // The destinations come with their checks (and the estimate's second of measuring): a busy machine
+    // takes a while.
+    await expect
+      .poll(() => wizard(page).locator('input[name="destination"]:checked').count(), { timeout: 30_000 })
+      .toBe(1);
     await next.click();
     await next.click();
     await wizard(page).locator('[data-testid="preflight"]').waitFor();

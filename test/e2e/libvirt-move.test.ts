@@ -286,7 +286,7 @@ describe.skipIf(!isRoot)('a move between two libvirt hosts in the console (root)
       /Cut-over:.*Finish \(resume there\) \d.*Confirm \(source off\) \d/,
     );
     expect(await page.locator('[data-testid="move-alive"]').textContent()).toMatch(
-      /The guest was beating on lab2 .* after it resumed/,
+      /The guest's next heartbeat came from lab2 .* after it resumed/,
     );
     await expect.poll(() => page.locator('.p-toast').textContent()).toContain(`${VM} moved to lab2`);
     await screenshot(page, 'libvirt-move-progress-finished');
