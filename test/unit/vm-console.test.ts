@@ -317,19 +317,38 @@ describe('useConsoleSession', () => {
   const event = (e: Record<string, unknown>): MigrationEvent =>
     ({ id: 'm1', at: 0, ...e }) as unknown as MigrationEvent;
 
-  it('streams the log then the live serial output, sends typed bytes, and follows a move without a click', async () => {
+  /** A console session whose channels are fakes, kept in `channels` in the order it opened them. */
+  function consoleOf(
+    host: string | null,
+    locate: (vm: string, host?: string | null) => Promise<typeof INFO>,
+  ) {
     const channels: FakeChannel[] = [];
     const scope = effectScope();
     const session = scope.run(() =>
-      useConsoleSession('demo', 'lab1', {
-        open: (kind, _vm, host) => {
-          const ch = new FakeChannel(kind, host);
+      useConsoleSession('demo', host, {
+        open: (kind, _vm, at) => {
+          const ch = new FakeChannel(kind, at);
           channels.push(ch);
           return ch;
         },
-        locate: async () => INFO,
+        locate,
       }),
     )!;
+    return { channels, scope, session };
+  }
+
+  /** demo starts moving lab1 → lab2: the store gets the events as main.ts feeds them. */
+  function moveStarts(): ReturnType<typeof useMigrationsStore> {
+    const migrations = useMigrationsStore();
+    migrations.refresh = async () => undefined;
+    migrations.applyMigrationEvent(
+      event({ type: 'started', vm: 'demo', from: 'lab1', to: 'lab2', kind: 'live', options: null }),
+    );
+    return migrations;
+  }
+
+  it('streams the log then the live serial output, sends typed bytes, and follows a move without a click', async () => {
+    const { channels, scope, session } = consoleOf('lab1', async () => INFO);
     const out: string[] = [];
     session.onSerial((d) => out.push(typeof d === 'string' ? d : new TextDecoder().decode(d)));
     await vi.runAllTimersAsync();
@@ -343,18 +362,7 @@ describe('useConsoleSession', () => {
     expect(session.status.value).toBe('Connected to demo on lab1');
 
     // A move: the store gets its events as main.ts feeds them.
-    const migrations = useMigrationsStore();
-    migrations.refresh = async () => undefined;
-    migrations.applyMigrationEvent(
-      event({
-        type: 'started',
-        vm: 'demo',
-        from: 'lab1',
-        to: 'lab2',
-        kind: 'live',
-        options: null,
-      }),
-    );
+    const migrations = moveStarts();
     migrations.applyMigrationEvent(event({ type: 'phase', phase: 3, state: 'started' }));
     await vi.runAllTimersAsync();
     expect(session.moving.value).toBe('Moving to lab2 — phase 3');
@@ -382,32 +390,13 @@ describe('useConsoleSession', () => {
   });
 
   it('reconnects to the destination when the screen socket closes with vm-gone first', async () => {
-    const channels: FakeChannel[] = [];
-    const scope = effectScope();
-    const session = scope.run(() =>
-      useConsoleSession('demo', null, {
-        open: (kind, _vm, host) => {
-          const ch = new FakeChannel(kind, host);
-          channels.push(ch);
-          return ch;
-        },
-        locate: async (_vm, host) => ({ ...INFO, host: host ?? 'lab1' }),
-      }),
-    )!;
+    const { channels, scope, session } = consoleOf(null, async (_vm, host) => ({
+      ...INFO,
+      host: host ?? 'lab1',
+    }));
     await vi.runAllTimersAsync();
     channels.forEach((c) => c.open());
-    const migrations = useMigrationsStore();
-    migrations.refresh = async () => undefined;
-    migrations.applyMigrationEvent(
-      event({
-        type: 'started',
-        vm: 'demo',
-        from: 'lab1',
-        to: 'lab2',
-        kind: 'live',
-        options: null,
-      }),
-    );
+    const migrations = moveStarts();
     migrations.applyMigrationEvent(event({ type: 'phase', phase: 4, state: 'started' }));
     await vi.runAllTimersAsync();
     channels[1]!.gone(4410);
