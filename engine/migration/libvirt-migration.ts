@@ -329,7 +329,7 @@ export async function libvirtMigration(
         warnings.push(`Finish failed on ${dest.name}: ${(err as Error).message}`);
         return null;
       })
-      .finally(() => cut.steps.push({ step: 'Finish (resume there)', ms: ctx.now() - finishFrom }));
+      .finally(() => cut.since('Finish (resume there)', finishFrom));
     const final = await src.domainGetJobStats(dom, 1).catch(() => null);
     if (final) last = final.params;
     ctx.emit({

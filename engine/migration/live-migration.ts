@@ -529,7 +529,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
     );
     completed = true;
     stoppedAt = last.stoppedAt;
-    if (!postcopy) cut.steps.push({ step: 'final copy', ms: ctx.now() - continuedAt });
+    if (!postcopy) cut.since('final copy', continuedAt);
     ctx.emit({ type: 'sample', sample: sampleOf(last, ctx.now(), 3, 0) });
 
     // ---- 4 Storage handle -----------------------------------------------------------------------
@@ -542,7 +542,7 @@ export async function liveMigration(ctx: MoveContext): Promise<Summary> {
       await sleep(10);
       handle = await dest.storageHandle(name);
     }
-    cut.steps.push({ step: 'state loaded, disks checked', ms: ctx.now() - loadedFrom });
+    cut.since('state loaded, disks checked', loadedFrom);
     if (handle.runState === 'inmigrate')
       throw new FerryError('migration-failed', `${dest.name} never finished loading the VM's state`);
     const missing = handle.disks.filter((d) => !d.attached || !d.writable);
@@ -762,13 +762,18 @@ function sampleOf(st: OutgoingStats, at: number, phase: number, throughputMiBs: 
 export class CutoverSteps {
   readonly steps: CutoverStep[] = [];
   constructor(private readonly now: () => number) {}
-  async time<T>(step: string, work: Promise<T> | (() => Promise<T>)): Promise<T> {
+  /** A step that is one call: timed from now until it settles. */
+  async time<T>(step: string, work: Promise<T>): Promise<T> {
     const t = this.now();
     try {
-      return await (typeof work === 'function' ? work() : work);
+      return await work;
     } finally {
-      this.steps.push({ step, ms: this.now() - t });
+      this.since(step, t);
     }
+  }
+  /** A step that began at `from` (this clock) and is over now. */
+  since(step: string, from: number): void {
+    this.steps.push({ step, ms: this.now() - from });
   }
 }
 
@@ -784,7 +789,7 @@ export async function guestAlive(
   name: string,
   lab: NonNullable<VmConfig['labGuest']>,
   afterPass: number | null,
-  resumedAt: number | null,
+  resumedAt: number | null, // Date.now() when the VM resumed there, as this process saw it
 ): Promise<{ beat: Awaited<ReturnType<typeof waitForHeartbeat>>; ms: number | null }> {
   const beat = await waitForHeartbeat(dest, name, lab, afterPass).catch(() => null);
   return { beat, ms: beat && resumedAt !== null ? Math.max(0, Date.now() - resumedAt) : null };
